@@ -1,0 +1,42 @@
+"""The programmatic equivalent of ``opentelemetry-instrument`` with the graybaggage distro."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.util._importlib_metadata import entry_points
+
+from graybaggage import config
+
+_logger = logging.getLogger(__name__)
+
+
+def instrument(**overrides: Any) -> None:
+    from graybaggage.distro import GraybaggageDistro, resolve_mode
+
+    settings = config.load_settings(**overrides)
+    config.set_settings(settings)
+    distro = GraybaggageDistro()
+    distro.configure()
+    GraybaggageDistro.mode = resolve_mode(settings, trace.get_tracer_provider())
+    disabled = {x.strip() for x in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",") if x.strip()}
+    if "*" in disabled:
+        disabled = {n for n in (ep.name for ep in entry_points(group="opentelemetry_instrumentor")) if n != "graybaggage"}
+    from graybaggage.instrumentor import GraybaggageInstrumentor
+
+    inst = GraybaggageInstrumentor()
+    if inst.is_instrumented_by_opentelemetry:  # re-instrument with the new settings
+        inst.uninstrument()
+    inst.instrument(settings=settings)
+    for ep in entry_points(group="opentelemetry_instrumentor"):
+        if ep.name in disabled or ep.name == "graybaggage":
+            continue
+        distro.load_instrumentor(ep)
+
+
+def uninstrument() -> None:
+    from graybaggage.instrumentor import GraybaggageInstrumentor
+
+    GraybaggageInstrumentor().uninstrument()

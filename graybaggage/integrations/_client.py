@@ -1,0 +1,102 @@
+"""Shared outbound step for every client integration: lane headers and the route decision."""
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, MutableMapping
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from graybaggage import _runtime
+from graybaggage.lane import baggage_member, get_lane
+from graybaggage.table import Route
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+
+
+def current() -> tuple[_runtime.Runtime, str | None]:
+    rt = _runtime.get()
+    return rt, get_lane(rt.settings.header)
+
+
+def _find(headers: Any, name: str) -> str | None:
+    """Case-insensitive lookup that works on dicts, CaseInsensitiveDicts and multidicts."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    for k in list(headers.keys()):
+        if isinstance(k, str) and k.lower() == name:
+            return headers[k]
+    return None
+
+
+def _delete(headers: Any, name: str) -> None:
+    for k in [k for k in list(headers.keys()) if isinstance(k, str) and k.lower() == name]:
+        del headers[k]
+
+
+def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _runtime.Runtime) -> None:
+    """Make the outbound headers carry exactly the current lane.
+
+    The header is set (overwriting a hand-forwarded value) and the lane is added to ``baggage``.
+    With no lane, an edge strips any lane header or baggage entry the application copied from the
+    incoming request, so a forged tag cannot leak through a proxying edge.
+    """
+    key = rt.settings.header
+    if lane is not None:
+        if _find(headers, key) != lane:
+            _delete(headers, key)
+            headers[key] = lane
+        existing = _find(headers, "baggage")
+        if not existing:
+            headers["baggage"] = baggage_member(key, lane)
+        elif f"{key}=" not in existing.lower():
+            _delete(headers, "baggage")
+            headers["baggage"] = f"{existing},{baggage_member(key, lane)}"
+        return
+    if rt.settings.edge:
+        _delete(headers, key)
+        existing = _find(headers, "baggage")
+        if existing and f"{key}=" in existing.lower():
+            kept = [m for m in existing.split(",") if m.split("=", 1)[0].strip().lower() != key]
+            _delete(headers, "baggage")
+            if kept:
+                headers["baggage"] = ",".join(kept)
+
+
+def decide(rt: _runtime.Runtime, lane: str | None, url: str) -> tuple[Route | None, SplitResult | None]:
+    if lane is None or not rt.settings.routing:
+        return None, None
+    try:
+        u = urlsplit(url)
+        host = u.hostname
+        port = u.port or DEFAULT_PORTS.get(u.scheme)
+    except ValueError:
+        return None, None
+    if not host:
+        return None, None
+    route = rt.router.decide(lane, host, port)
+    return route, (u if route is not None else None)
+
+
+def netloc(route: Route) -> str:
+    host = f"[{route.host}]" if ":" in route.host else route.host
+    return f"{host}:{route.port}" if route.port is not None else host
+
+
+def rewrite(u: SplitResult, route: Route) -> str:
+    """The URL with its authority replaced by the route's target (userinfo dropped)."""
+    return urlunsplit((u.scheme, netloc(route), u.path, u.query, u.fragment))
+
+
+def is_os_connect_error(exc: BaseException | None) -> bool:
+    """True for OS errors that can only happen before a connection exists (refused, unroutable, DNS)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
+            return True
+        if isinstance(exc, OSError) and exc.errno in _CONNECT_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False

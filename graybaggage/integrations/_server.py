@@ -1,0 +1,78 @@
+"""Shared inbound step for every server integration: decide the lane once per request, attach it."""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from opentelemetry.context import attach, detach, get_current, get_value, set_value
+
+from graybaggage import _runtime
+from graybaggage._request import ASGIRequestView, WSGIRequestView
+from graybaggage.lane import set_lane
+from graybaggage.propagator import DECIDED_KEY
+
+
+def _enter(lane: str | None, key: str) -> object:
+    ctx = set_lane(key, lane, get_current())
+    return attach(set_value(DECIDED_KEY, lane or "", ctx))
+
+
+def handle_wsgi(environ: dict, call: Callable[[], Any]) -> Any:
+    """Run ``call`` (the WSGI app) with the request's lane attached; nested calls pass through."""
+    if get_value(DECIDED_KEY) is not None:
+        return call()
+    rt = _runtime.get()
+    inbound = rt.inbound
+    h = environ.get(inbound.wsgi_key)
+    lane = inbound.decide([h] if h is not None else None, environ.get("HTTP_BAGGAGE"),
+                          lambda: WSGIRequestView(environ))
+    token = _enter(lane, inbound.header)
+    try:
+        return call()
+    finally:
+        detach(token)
+
+
+def wrap_wsgi_app(app: Any) -> Any:
+    """A WSGI app that runs ``app`` under :func:`handle_wsgi` (idempotent)."""
+    if getattr(app, "_graybaggage", False):
+        return app
+
+    def graybaggage_wsgi(environ: dict, start_response: Any) -> Any:
+        return handle_wsgi(environ, lambda: app(environ, start_response))
+
+    graybaggage_wsgi._graybaggage = True  # type: ignore[attr-defined]
+    graybaggage_wsgi.__wrapped__ = app  # type: ignore[attr-defined]
+    return graybaggage_wsgi
+
+
+async def handle_asgi(scope: dict, call: Callable[[], Awaitable[Any]]) -> Any:
+    if scope.get("type") not in ("http", "websocket") or get_value(DECIDED_KEY) is not None:
+        return await call()
+    rt = _runtime.get()
+    inbound = rt.inbound
+    hkey = inbound.asgi_key
+    values: list[str] | None = None
+    bag: str | None = None
+    for name, value in scope.get("headers") or ():
+        if name == hkey:
+            (values := values if values is not None else []).append(value.decode("latin-1"))
+        elif name == b"baggage" and bag is None:
+            bag = value.decode("latin-1")
+    lane = inbound.decide(values, bag, lambda: ASGIRequestView(scope))
+    token = _enter(lane, inbound.header)
+    try:
+        return await call()
+    finally:
+        detach(token)
+
+
+def wrap_asgi_app(app: Any) -> Any:
+    if getattr(app, "_graybaggage", False):
+        return app
+
+    async def graybaggage_asgi(scope: dict, receive: Any, send: Any) -> Any:
+        return await handle_asgi(scope, lambda: app(scope, receive, send))
+
+    graybaggage_asgi._graybaggage = True  # type: ignore[attr-defined]
+    graybaggage_asgi.__wrapped__ = app  # type: ignore[attr-defined]
+    return graybaggage_asgi

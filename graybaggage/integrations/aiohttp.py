@@ -1,0 +1,52 @@
+"""aiohttp client: lane headers and re-routing in ``ClientSession._request``, before the connector
+picks a pooled connection (pools are keyed by host and port)."""
+from __future__ import annotations
+
+from typing import Any
+
+from graybaggage._patch import wrap
+from graybaggage.integrations import _client
+from graybaggage.routing import LaneUnavailableError, send_async
+
+_strict_cls: Any = None
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    import aiohttp
+
+    return isinstance(exc, aiohttp.ClientConnectorError) or _client.is_os_connect_error(exc)
+
+
+async def _request(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    from multidict import CIMultiDict
+
+    if len(args) < 2:
+        return await wrapped(*args, **kwargs)
+    method, str_or_url, *rest = args
+    rt, lane = _client.current()
+    if lane is not None or rt.settings.edge:
+        headers = CIMultiDict(kwargs.get("headers") or {})
+        _client.set_lane_headers(headers, lane, rt)
+        kwargs["headers"] = headers
+    route, u = _client.decide(rt, lane, str(str_or_url))
+    if route is None:
+        return await wrapped(*args, **kwargs)
+    target = _client.rewrite(u, route)
+
+    def strict_error(msg: str, cause: BaseException | None) -> BaseException:
+        global _strict_cls
+        if _strict_cls is None:
+            import aiohttp
+
+            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, aiohttp.ClientConnectionError), {})
+        return _strict_cls(msg)
+
+    return await send_async(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
+                            lambda: wrapped(*args, **kwargs), _is_connect_error, strict_error)
+
+
+def patch(mod: Any) -> None:
+    wrap(mod.ClientSession, "_request", _request)
+
+
+MODULES = {"aiohttp.client": patch}

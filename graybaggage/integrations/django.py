@@ -1,0 +1,26 @@
+"""Django: the WSGI and ASGI handlers run each request under the lane."""
+from __future__ import annotations
+
+from typing import Any
+
+from graybaggage._patch import wrap
+from graybaggage.integrations._server import handle_asgi, handle_wsgi
+
+
+def _wsgi_call(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    return handle_wsgi(args[0], lambda: wrapped(*args, **kwargs))
+
+
+async def _asgi_call(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    return await handle_asgi(args[0], lambda: wrapped(*args, **kwargs))
+
+
+def patch_wsgi(mod: Any) -> None:
+    wrap(mod.WSGIHandler, "__call__", _wsgi_call)
+
+
+def patch_asgi(mod: Any) -> None:
+    wrap(mod.ASGIHandler, "__call__", _asgi_call)
+
+
+MODULES = {"django.core.handlers.wsgi": patch_wsgi, "django.core.handlers.asgi": patch_asgi}

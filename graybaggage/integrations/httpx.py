@@ -1,0 +1,94 @@
+"""httpx: lane headers and re-routing in the sync and async transports, before httpcore picks a pool.
+
+The ``Host`` header is rewritten together with the URL (httpx sets it when the request is built).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from graybaggage._patch import wrap
+from graybaggage.integrations import _client
+from graybaggage.routing import LaneUnavailableError, send, send_async
+
+_strict_cls: Any = None
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) or _client.is_os_connect_error(exc)
+
+
+def _strict_error(request: Any) -> Any:
+    def make(msg: str, cause: BaseException | None) -> BaseException:
+        global _strict_cls
+        if _strict_cls is None:
+            import httpx
+
+            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, httpx.ConnectError), {})
+        err = _strict_cls(msg)
+        err.request = request
+        return err
+
+    return make
+
+
+def _prepare(request: Any) -> tuple[Any, Any, Any, Any]:
+    rt, lane = _client.current()
+    if lane is not None or rt.settings.edge:
+        _client.set_lane_headers(request.headers, lane, rt)
+    route, _ = _client.decide(rt, lane, str(request.url))
+    return rt, route, request.url, request.headers.get("Host")
+
+
+def _retarget(request: Any, route: Any) -> None:
+    request.url = request.url.copy_with(host=route.host, port=route.port)
+    request.headers["Host"] = _client.netloc(route) if route.port not in (80, 443) else route.host
+
+
+def _restore(request: Any, url: Any, host: Any) -> None:
+    request.url = url
+    if host is not None:
+        request.headers["Host"] = host
+
+
+def _handle(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    request = args[0] if args else kwargs["request"]
+    rt, route, url, host = _prepare(request)
+    if route is None:
+        return wrapped(*args, **kwargs)
+
+    def to_target() -> Any:
+        _retarget(request, route)
+        return wrapped(*args, **kwargs)
+
+    def to_base() -> Any:
+        _restore(request, url, host)
+        return wrapped(*args, **kwargs)
+
+    return send(rt.router, route, to_target, to_base, _is_connect_error, _strict_error(request))
+
+
+async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    request = args[0] if args else kwargs["request"]
+    rt, route, url, host = _prepare(request)
+    if route is None:
+        return await wrapped(*args, **kwargs)
+
+    async def to_target() -> Any:
+        _retarget(request, route)
+        return await wrapped(*args, **kwargs)
+
+    async def to_base() -> Any:
+        _restore(request, url, host)
+        return await wrapped(*args, **kwargs)
+
+    return await send_async(rt.router, route, to_target, to_base, _is_connect_error, _strict_error(request))
+
+
+def patch(mod: Any) -> None:
+    wrap(mod.HTTPTransport, "handle_request", _handle)
+    wrap(mod.AsyncHTTPTransport, "handle_async_request", _handle_async)
+
+
+MODULES = {"httpx": patch}

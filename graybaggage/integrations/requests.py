@@ -1,0 +1,72 @@
+"""requests: lane headers and re-routing in ``HTTPAdapter.send``, before urllib3 picks a pool.
+
+Rewriting the URL there gives each lane target its own connection pool, so kept-alive sockets never
+cross lanes. It runs inside ``Session.send`` (and so inside the OTel requests span, when tracing).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from graybaggage._patch import wrap
+from graybaggage.integrations import _client
+from graybaggage.routing import LaneUnavailableError, send
+
+_strict_cls: Any = None
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    import urllib3.exceptions as ue
+
+    seen, cur = 0, exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, (ue.NewConnectionError, ue.ConnectTimeoutError)):
+            return True
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, BaseException):
+            cur = reason
+        elif cur.args and isinstance(cur.args[0], BaseException):
+            cur = cur.args[0]
+        else:
+            cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return _client.is_os_connect_error(exc)
+
+
+def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    request = args[0] if args else kwargs["request"]
+    rt, lane = _client.current()
+    _client.set_lane_headers(request.headers, lane, rt)
+    route, u = _client.decide(rt, lane, request.url)
+    if route is None:
+        return wrapped(*args, **kwargs)
+    original = request.url
+    host_header = request.headers.get("Host")
+
+    def to_target() -> Any:
+        request.url = _client.rewrite(u, route)
+        if host_header is not None and host_header.split(":")[0].lower() == (u.hostname or ""):
+            request.headers["Host"] = _client.netloc(route)
+        return wrapped(*args, **kwargs)
+
+    def to_base() -> Any:
+        request.url = original
+        if host_header is not None:
+            request.headers["Host"] = host_header
+        return wrapped(*args, **kwargs)
+
+    def strict_error(msg: str, cause: BaseException | None) -> BaseException:
+        global _strict_cls
+        if _strict_cls is None:
+            import requests
+
+            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, requests.exceptions.ConnectionError), {})
+        return _strict_cls(msg, request=request)
+
+    return send(rt.router, route, to_target, to_base, _is_connect_error, strict_error)
+
+
+def patch(mod: Any) -> None:
+    wrap(mod.HTTPAdapter, "send", _send)
+
+
+MODULES = {"requests.adapters": patch}

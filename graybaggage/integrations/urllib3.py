@@ -1,0 +1,79 @@
+"""urllib3: re-routing in ``PoolManager.urlopen`` (before a pool is chosen); lane headers on every request,
+including direct ``HTTPConnectionPool`` use (which cannot be re-routed: the pool is bound to its host)."""
+from __future__ import annotations
+
+from typing import Any
+
+from graybaggage._patch import wrap
+from graybaggage.integrations import _client
+from graybaggage.routing import LaneUnavailableError, send
+
+_strict_cls: Any = None
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    import urllib3.exceptions as ue
+
+    cur: Any = exc
+    for _ in range(8):
+        if isinstance(cur, (ue.NewConnectionError, ue.ConnectTimeoutError)):
+            return True
+        nxt = getattr(cur, "reason", None)
+        if not isinstance(nxt, BaseException):
+            break
+        cur = nxt
+    return _client.is_os_connect_error(exc)
+
+
+def _with_lane(headers: Any, instance: Any, lane: str | None, rt: Any) -> Any:
+    if headers is None:
+        headers = getattr(instance, "headers", None) or {}
+    if lane is not None and _client._find(headers, rt.settings.header) == lane:
+        return headers  # already carried (requests set it, or a second pass after a redirect)
+    merged = dict(headers)
+    _client.set_lane_headers(merged, lane, rt)
+    return merged
+
+
+def _pool_urlopen(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    rt, lane = _client.current()
+    if lane is None and not rt.settings.edge:
+        return wrapped(*args, **kwargs)
+    if len(args) > 3:  # urlopen(method, url, body, headers, ...)
+        args = args[:3] + (_with_lane(args[3], instance, lane, rt),) + args[4:]
+    else:
+        kwargs["headers"] = _with_lane(kwargs.get("headers"), instance, lane, rt)
+    return wrapped(*args, **kwargs)
+
+
+def _manager_urlopen(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    if len(args) < 2:  # unusual keyword call: no routing, headers still added by the pool hook
+        return wrapped(*args, **kwargs)
+    method, url, *rest = args
+    rt, lane = _client.current()
+    route, u = _client.decide(rt, lane, url)
+    if route is None:
+        return wrapped(*args, **kwargs)
+    target = _client.rewrite(u, route)
+
+    def strict_error(msg: str, cause: BaseException | None) -> BaseException:
+        global _strict_cls
+        if _strict_cls is None:
+            import urllib3.exceptions as ue
+
+            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, ue.HTTPError), {})
+        return _strict_cls(msg)
+
+    return send(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
+                lambda: wrapped(*args, **kwargs), _is_connect_error, strict_error)
+
+
+def patch_pool(mod: Any) -> None:
+    wrap(mod.HTTPConnectionPool, "urlopen", _pool_urlopen)
+
+
+def patch_manager(mod: Any) -> None:
+    wrap(mod.PoolManager, "urlopen", _manager_urlopen)
+
+
+MODULES = {"urllib3.connectionpool": patch_pool, "urllib3.poolmanager": patch_manager}

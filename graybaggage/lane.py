@@ -1,0 +1,142 @@
+"""The lane value: validation and its place in OTel Baggage. Pure: no I/O, no env, no globals.
+
+A lane is a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters), optionally
+restricted to an allow-list. Everything else is rejected with a *kind* (used to log once per kind).
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+from urllib.parse import unquote
+
+from opentelemetry import baggage
+from opentelemetry.context import Context
+
+BASE = "base"
+MAX_LANE_LEN = 63
+# Anything longer than this is not even inspected.
+_MAX_INSPECT = 256
+_LANE_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\Z")
+
+# Problem kinds (stable strings; they appear in logs and tests)
+EMPTY = "empty"
+OVERSIZED = "oversized"
+NOT_A_LABEL = "not-a-dns-label"
+NOT_ALLOWED = "not-on-allow-list"
+DUPLICATE = "duplicate-header"
+CONTROL_CHARS = "control-characters"
+BAGGAGE_OVERSIZED = "baggage-oversized"
+BAGGAGE_MALFORMED = "baggage-malformed"
+
+
+def check_lane(value: object, allowed: frozenset[str] | None = None) -> tuple[str | None, str | None]:
+    """Return ``(lane, None)`` for a valid lane, or ``(None, problem_kind)``.
+
+    ``allowed`` is the optional allow-list; ``None`` accepts every valid label.
+    """
+    if not isinstance(value, str):
+        return None, NOT_A_LABEL
+    if not value:
+        return None, EMPTY
+    if len(value) > _MAX_INSPECT:
+        return None, OVERSIZED
+    if _LANE_RE.match(value) is None:
+        if len(value) > MAX_LANE_LEN:
+            return None, OVERSIZED
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            return None, CONTROL_CHARS
+        return None, NOT_A_LABEL
+    if allowed is not None and value not in allowed:
+        return None, NOT_ALLOWED
+    return value, None
+
+
+def is_valid_lane(value: object) -> bool:
+    """True if ``value`` is a syntactically valid lane name (ignores any allow-list)."""
+    return isinstance(value, str) and len(value) <= MAX_LANE_LEN and _LANE_RE.match(value) is not None
+
+
+def baggage_entry(header_value: str, key: str, max_bytes: int = 8192) -> tuple[str | None, str | None]:
+    """Find ``key`` in a W3C ``baggage`` header value without parsing the other members.
+
+    Returns ``(raw_value, None)``, ``(None, None)`` when absent, or ``(None, problem_kind)``.
+    The returned value is percent-decoded but not validated as a lane.
+    """
+    if len(header_value) > max_bytes:
+        return None, BAGGAGE_OVERSIZED
+    # Fast reject: most headers do not mention the key at all.
+    if key not in header_value and key not in header_value.lower():
+        return None, None
+    found: str | None = None
+    for member in header_value.split(","):
+        name, sep, rest = member.partition("=")
+        if not sep:
+            continue
+        if name.strip().lower() != key:
+            continue
+        if found is not None:
+            return None, DUPLICATE
+        found = unquote(rest.split(";", 1)[0].strip())
+    return found, None
+
+
+def baggage_member(key: str, lane: str) -> str:
+    """The W3C baggage member for a (valid) lane: ``key=lane``."""
+    return f"{key}={lane}"
+
+
+def get_lane(key: str, context: Context | None = None) -> str | None:
+    """The lane stored in baggage under ``key`` in ``context`` (default: current), if valid."""
+    value = baggage.get_baggage(key, context)
+    if value is None:
+        return None
+    return value if is_valid_lane(value) else None
+
+
+def set_lane(key: str, lane: str | None, context: Context | None = None) -> Context:
+    """A context whose baggage holds ``lane`` under ``key`` (or no entry when ``lane`` is None)."""
+    if lane is None:
+        if baggage.get_baggage(key, context) is None:
+            from opentelemetry.context import get_current
+
+            return context if context is not None else get_current()
+        return baggage.remove_baggage(key, context)
+    return baggage.set_baggage(key, lane, context)
+
+
+def parse_allow_list(items: Iterable[str]) -> frozenset[str] | None:
+    """Normalise an allow-list; an empty list means "no restriction" (None)."""
+    lanes = frozenset(i.strip() for i in items if i.strip())
+    return lanes or None
+
+
+def lane_from_carrier(
+    header_values: list[str] | None,
+    baggage_header: str | None,
+    key: str,
+    allowed: frozenset[str] | None = None,
+    max_baggage_bytes: int = 8192,
+) -> tuple[str | None, str | None, bool]:
+    """Resolve the lane carried by a request: ``(lane, problem_kind, present)``.
+
+    The explicit header wins over the baggage entry. A header that is present but invalid decides
+    (the request is base): a malformed explicit tag never falls through to a baggage entry.
+    ``present`` says whether the carrier mentioned a lane at all (valid or not).
+    """
+    if header_values:
+        if len(header_values) > 1:
+            return None, DUPLICATE, True
+        raw = header_values[0]
+        if "," in raw:
+            return None, DUPLICATE, True
+        lane, problem = check_lane(raw.strip(" \t"), allowed)
+        return lane, problem, True
+    if baggage_header:
+        raw, problem = baggage_entry(baggage_header, key, max_baggage_bytes)
+        if problem is not None:
+            return None, problem, True
+        if raw is None:
+            return None, None, False
+        lane, problem = check_lane(raw, allowed)
+        return lane, problem, True
+    return None, None, False

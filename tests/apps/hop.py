@@ -1,0 +1,250 @@
+"""A test service that never imports graybaggage: it reports what it received and calls the next hop.
+
+Env: HOP_NAME, HOP_PORT, HOP_KIND (flask | wsgi | asgi | starlette | django), HOP_CLIENT (requests |
+urllib3 | urllib | httpx | httpx-async | aiohttp), HOP_NEXT (URL of the next hop or empty),
+HOP_INSIDE (direct | thread | pool | executor | gather: how the outbound call is made).
+Every response is JSON: {"name", "lane" (instance lane), "header", "baggage", "served", "next"}.
+GET /stats returns how many requests this process served per received lane header.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import sys
+import threading
+
+NAME = os.environ.get("HOP_NAME", "hop")
+PORT = int(os.environ.get("HOP_PORT", "0"))
+KIND = os.environ.get("HOP_KIND", "flask")
+CLIENT = os.environ.get("HOP_CLIENT", "requests")
+NEXT = os.environ.get("HOP_NEXT", "")
+INSIDE = os.environ.get("HOP_INSIDE", "direct")
+INSTANCE = os.environ.get("GRAYBAGGAGE_LANE", "base")
+HEADER = os.environ.get("GRAYBAGGAGE_HEADER", "x-mse-tag")
+_stats: dict[str, int] = {}
+_stats_lock = threading.Lock()
+_session = None
+_pool = None
+_async_clients: dict = {}
+
+
+def _sync_call(url: str) -> dict:
+    global _session, _pool
+    if CLIENT == "requests":
+        import requests
+
+        if _session is None:
+            _session = requests.Session()
+        r = _session.get(url, timeout=10)
+        r.raise_for_status()
+        return r.json()
+    if CLIENT == "urllib3":
+        import urllib3
+
+        if _pool is None:
+            _pool = urllib3.PoolManager()
+        r = _pool.request("GET", url, timeout=10)
+        return json.loads(r.data)
+    if CLIENT == "urllib":
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+    if CLIENT == "httpx":
+        import httpx
+
+        if _session is None:
+            _session = httpx.Client(timeout=10)
+        return _session.get(url).json()
+    if CLIENT in ("httpx-async", "aiohttp"):
+        return asyncio.run(_async_call(url))
+    raise SystemExit(f"unknown HOP_CLIENT {CLIENT}")
+
+
+async def _async_call(url: str) -> dict:
+    if CLIENT == "httpx-async":
+        import httpx
+
+        async with httpx.AsyncClient(timeout=10) as c:
+            return (await c.get(url)).json()
+    if CLIENT == "aiohttp":
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url) as r:
+                return await r.json()
+    return await asyncio.get_running_loop().run_in_executor(None, _sync_call, url)
+
+
+def call_next(path: str) -> dict | None:
+    if not NEXT:
+        return None
+    url = NEXT + path
+    if INSIDE == "thread":
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.update(_sync_call(url)))
+        t.start()
+        t.join()
+        return out
+    if INSIDE == "pool":
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            return ex.submit(_sync_call, url).result()
+    if INSIDE in ("executor", "gather", "task"):
+        async def main() -> dict:
+            loop = asyncio.get_running_loop()
+            if INSIDE == "executor":
+                return await loop.run_in_executor(None, _sync_call, url)
+            if INSIDE == "task":
+                return await asyncio.create_task(asyncio.to_thread(_sync_call, url))
+            (res,) = await asyncio.gather(asyncio.to_thread(_sync_call, url))
+            return res
+        return asyncio.run(main())
+    return _sync_call(url)
+
+
+async def call_next_async(path: str) -> dict | None:
+    if not NEXT:
+        return None
+    if CLIENT in ("httpx-async", "aiohttp"):
+        if INSIDE == "gather":
+            (res,) = await asyncio.gather(_async_call(NEXT + path))
+            return res
+        if INSIDE == "task":
+            return await asyncio.create_task(_async_call(NEXT + path))
+        return await _async_call(NEXT + path)
+    return await asyncio.get_running_loop().run_in_executor(None, call_next, path)
+
+
+def report(header: str | None, baggage: str | None, nxt: dict | None) -> bytes:
+    with _stats_lock:
+        _stats[header or ""] = _stats.get(header or "", 0) + 1
+    return json.dumps({"name": NAME, "lane": INSTANCE, "header": header, "baggage": baggage,
+                       "served": f"{NAME}[{INSTANCE}]", "next": nxt}).encode()
+
+
+def stats() -> bytes:
+    with _stats_lock:
+        return json.dumps({"name": NAME, "lane": INSTANCE, "stats": dict(_stats)}).encode()
+
+
+def _wsgi_key(name: str) -> str:
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+def wsgi_app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    if path == "/stats":
+        body = stats()
+    else:
+        body = report(environ.get(_wsgi_key(HEADER)), environ.get("HTTP_BAGGAGE"),
+                      call_next(path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")))
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    if scope["path"] == "/stats":
+        body = stats()
+    else:
+        body = report(headers.get(HEADER), headers.get("baggage"), await call_next_async(scope["path"]))
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def make_flask():
+    from flask import Flask, Response, request
+
+    app = Flask(NAME)
+
+    @app.route("/stats")
+    def _stats_view():
+        return Response(stats(), mimetype="application/json")
+
+    @app.route("/", defaults={"path": ""})
+    @app.route("/<path:path>")
+    def _hop(path):
+        nxt = call_next("/" + path)
+        return Response(report(request.headers.get(HEADER), request.headers.get("baggage"), nxt),
+                        mimetype="application/json")
+
+    return app
+
+
+def make_starlette():
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def hop(request):
+        if request.url.path == "/stats":
+            return Response(stats(), media_type="application/json")
+        nxt = await call_next_async(request.url.path)
+        return Response(report(request.headers.get(HEADER), request.headers.get("baggage"), nxt),
+                        media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", hop)])
+
+
+def make_django():
+    import django
+    from django.conf import settings
+    from django.http import HttpResponse
+    from django.urls import re_path
+
+    def hop(request, path=""):
+        if request.path == "/stats":
+            return HttpResponse(stats(), content_type="application/json")
+        nxt = call_next(request.path)
+        return HttpResponse(report(request.headers.get(HEADER), request.headers.get("baggage"), nxt),
+                            content_type="application/json")
+
+    settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="test",
+                       MIDDLEWARE=[], INSTALLED_APPS=[])
+    global urlpatterns
+    urlpatterns = [re_path(r"^(?P<path>.*)$", hop)]
+    django.setup()
+    from django.core.wsgi import get_wsgi_application
+
+    return get_wsgi_application()
+
+
+def serve() -> None:
+    if KIND in ("asgi", "starlette"):
+        import uvicorn
+
+        app = asgi_app if KIND == "asgi" else make_starlette()
+        uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", access_log=False)
+        return
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+    from socketserver import ThreadingMixIn
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        request_queue_size = 256
+
+    class Quiet(WSGIRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+    app = {"flask": make_flask, "django": make_django}.get(KIND, lambda: wsgi_app)()
+    with make_server("127.0.0.1", PORT, app, server_class=Server, handler_class=Quiet) as srv:
+        print(f"{NAME} listening on {srv.server_port}", file=sys.stderr, flush=True)
+        srv.serve_forever()
+
+
+if __name__ == "__main__":
+    serve()

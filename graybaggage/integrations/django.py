@@ -11,8 +11,9 @@ def _wsgi_call(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     return handle_wsgi(args[0], lambda: wrapped(*args, **kwargs))
 
 
-async def _asgi_call(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    return await handle_asgi(args[0], lambda: wrapped(*args, **kwargs))
+async def _asgi_handle(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    scope = args[0] if args else kwargs["scope"]
+    return await handle_asgi(scope, lambda: wrapped(*args, **kwargs))
 
 
 def patch_wsgi(mod: Any) -> None:
@@ -20,7 +21,8 @@ def patch_wsgi(mod: Any) -> None:
 
 
 def patch_asgi(mod: Any) -> None:
-    wrap(mod.ASGIHandler, "__call__", _asgi_call)
+    # ``handle`` (not ``__call__``): ASGI servers inspect ``__call__`` to detect ASGI 3 applications.
+    wrap(mod.ASGIHandler, "handle", _asgi_handle)
 
 
 MODULES = {"django.core.handlers.wsgi": patch_wsgi, "django.core.handlers.asgi": patch_asgi}

@@ -1,19 +1,22 @@
-"""Starlette and FastAPI: every application handles requests under the lane."""
+"""Starlette and FastAPI: every application handles requests under the lane.
+
+Wraps the ASGI app that ``Starlette.build_middleware_stack`` returns (the outermost middleware), rather
+than ``Starlette.__call__``, so ASGI servers still see a plain ASGI 3 application when they inspect it.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from graybaggage._patch import wrap
-from graybaggage.integrations._server import handle_asgi
+from graybaggage.integrations._server import wrap_asgi_app
 
 
-async def _call(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    scope = args[0] if args else kwargs["scope"]
-    return await handle_asgi(scope, lambda: wrapped(*args, **kwargs))
+def _build(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    return wrap_asgi_app(wrapped(*args, **kwargs))
 
 
 def patch(mod: Any) -> None:
-    wrap(mod.Starlette, "__call__", _call)
+    wrap(mod.Starlette, "build_middleware_stack", _build)
 
 
 MODULES = {"starlette.applications": patch}

@@ -210,8 +210,12 @@ def make_django():
         return HttpResponse(report(request.headers.get(HEADER), request.headers.get("baggage"), nxt),
                             content_type="application/json")
 
-    settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="test",
-                       MIDDLEWARE=[], INSTALLED_APPS=[])
+    values = dict(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="test", INSTALLED_APPS=[])
+    if settings.configured:  # the OTel Django instrumentation configured (and added its middleware) already
+        for k, v in values.items():
+            setattr(settings, k, v)
+    else:
+        settings.configure(MIDDLEWARE=[], **values)
     global urlpatterns
     urlpatterns = [re_path(r"^(?P<path>.*)$", hop)]
     django.setup()

@@ -1,0 +1,88 @@
+"""Every server, client and concurrency primitive forwards the lane, in both carrying modes.
+
+Each case starts a real service (never importing graybaggage) with ``graybaggage run`` in front of a sink
+service, sends a gray and an untagged request, and checks what the sink received.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests import support
+
+MODES = {
+    "lanes": {},
+    "tracing": {"GRAYBAGGAGE_MODE": "tracing", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+                "OTEL_LOGS_EXPORTER": "none"},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def mode(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def sink(mode):
+    s = support.start("sink", {"HOP_KIND": "wsgi", **MODES[mode]})
+    yield s
+    s.kill()
+
+
+def _check(front: support.Service, sink: support.Service) -> None:
+    gray = support.chain_of(support.get(front.url + "/p", {"x-mse-tag": "gray"}))
+    assert gray[-1]["name"] == "sink"
+    assert gray[-1]["header"] == "gray", gray
+    assert "x-mse-tag=gray" in (gray[-1]["baggage"] or ""), gray
+    base = support.chain_of(support.get(front.url + "/p"))
+    assert base[-1]["header"] is None, base
+    assert "x-mse-tag" not in (base[-1]["baggage"] or ""), base
+
+
+@pytest.mark.parametrize("kind", ["flask", "wsgi", "asgi", "starlette", "django"])
+def test_server(kind, mode, sink):
+    front = support.start(f"front-{kind}", {"HOP_KIND": kind, "HOP_CLIENT": "requests", "HOP_NEXT": sink.url,
+                                            **MODES[mode]})
+    try:
+        _check(front, sink)
+    finally:
+        front.kill()
+
+
+@pytest.mark.parametrize("client", ["requests", "urllib3", "urllib", "httpx", "httpx-async", "aiohttp"])
+def test_client(client, mode, sink):
+    kind = "starlette" if client in ("httpx-async", "aiohttp") else "flask"
+    front = support.start(f"front-{client}", {"HOP_KIND": kind, "HOP_CLIENT": client, "HOP_NEXT": sink.url,
+                                              **MODES[mode]})
+    try:
+        _check(front, sink)
+    finally:
+        front.kill()
+
+
+@pytest.mark.parametrize("inside,kind,client", [
+    ("thread", "flask", "requests"),        # threading.Thread
+    ("pool", "flask", "requests"),          # ThreadPoolExecutor.submit
+    ("executor", "flask", "requests"),      # loop.run_in_executor
+    ("gather", "flask", "requests"),        # asyncio.gather(to_thread)
+    ("task", "flask", "requests"),          # asyncio.create_task
+    ("gather", "starlette", "aiohttp"),     # asyncio.gather in an ASGI handler
+    ("task", "starlette", "httpx-async"),   # create_task in an ASGI handler
+])
+def test_lane_survives_concurrency(inside, kind, client, mode, sink):
+    front = support.start(f"front-{inside}", {"HOP_KIND": kind, "HOP_CLIENT": client, "HOP_INSIDE": inside,
+                                              "HOP_NEXT": sink.url, **MODES[mode]})
+    try:
+        _check(front, sink)
+    finally:
+        front.kill()
+
+
+def test_thread_propagation_can_be_switched_off(sink):
+    """Control for the test above: with GRAYBAGGAGE_THREADS=0 a pooled call loses the lane."""
+    front = support.start("front-nothreads", {"HOP_KIND": "flask", "HOP_INSIDE": "pool", "HOP_NEXT": sink.url,
+                                              "GRAYBAGGAGE_THREADS": "0"})
+    try:
+        gray = support.chain_of(support.get(front.url + "/p", {"x-mse-tag": "gray"}))
+        assert gray[-1]["header"] is None
+    finally:
+        front.kill()

@@ -27,6 +27,8 @@ DUPLICATE = "duplicate-header"
 CONTROL_CHARS = "control-characters"
 BAGGAGE_OVERSIZED = "baggage-oversized"
 BAGGAGE_MALFORMED = "baggage-malformed"
+BAGGAGE_TOO_MANY = "baggage-too-many-members"
+MAX_BAGGAGE_MEMBERS = 180  # the W3C baggage limit
 
 
 def check_lane(value: object, allowed: frozenset[str] | None = None) -> tuple[str | None, str | None]:
@@ -67,13 +69,16 @@ def baggage_entry(header_value: str, key: str, max_bytes: int = 8192) -> tuple[s
     # Fast reject: most headers do not mention the key at all.
     if key not in header_value and key not in header_value.lower():
         return None, None
+    members = header_value.split(",")
+    if len(members) > MAX_BAGGAGE_MEMBERS:
+        return None, BAGGAGE_TOO_MANY
     found: str | None = None
-    for member in header_value.split(","):
+    for member in members:
         name, sep, rest = member.partition("=")
-        if not sep:
-            continue
         if name.strip().lower() != key:
             continue
+        if not sep:
+            return None, BAGGAGE_MALFORMED
         if found is not None:
             return None, DUPLICATE
         found = unquote(rest.split(";", 1)[0].strip())

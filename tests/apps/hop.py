@@ -124,6 +124,19 @@ def report(header: str | None, baggage: str | None, nxt: dict | None) -> bytes:
                        "served": f"{NAME}[{INSTANCE}]", "next": nxt}).encode()
 
 
+def otel_info() -> bytes:
+    """What OpenTelemetry looks like inside this process (the app may import opentelemetry, not graybaggage)."""
+    from opentelemetry import propagate, trace
+
+    provider = trace.get_tracer_provider()
+    asp = getattr(provider, "_active_span_processor", None)
+    processors = [type(p).__name__ for p in getattr(asp, "_span_processors", ())]
+    exporters = [type(getattr(p, "span_exporter", None) or getattr(getattr(p, "_batch_processor", None), "_exporter", None)).__name__
+                 for p in getattr(asp, "_span_processors", ())]
+    return json.dumps({"provider": type(provider).__name__, "processors": processors, "exporters": exporters,
+                       "propagator": repr(propagate.get_global_textmap().fields)}).encode()
+
+
 def stats() -> bytes:
     with _stats_lock:
         return json.dumps({"name": NAME, "lane": INSTANCE, "stats": dict(_stats)}).encode()
@@ -137,6 +150,8 @@ def wsgi_app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     if path == "/stats":
         body = stats()
+    elif path == "/otel":
+        body = otel_info()
     else:
         body = report(environ.get(_wsgi_key(HEADER)), environ.get("HTTP_BAGGAGE"),
                       call_next(path + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")))
@@ -171,6 +186,10 @@ def make_flask():
     @app.route("/stats")
     def _stats_view():
         return Response(stats(), mimetype="application/json")
+
+    @app.route("/otel")
+    def _otel_view():
+        return Response(otel_info(), mimetype="application/json")
 
     @app.route("/", defaults={"path": ""})
     @app.route("/<path:path>")

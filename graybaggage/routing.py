@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from opentelemetry import trace
 
 from graybaggage._log import log_once
-from graybaggage.table import EMPTY, LaneTable, Route
+from graybaggage.table import LaneTable, Route
 
 _logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,10 +134,11 @@ def send(
     route: Route,
     to_target: Callable[[], T],
     to_base: Callable[[], T],
-    is_connect_error: Callable[[BaseException], bool],
+    can_fall_back: Callable[[BaseException], bool],
     strict_error: Callable[[str, BaseException | None], BaseException],
 ) -> T:
-    """Send to the lane target, falling back to base only when the connection was never made."""
+    """Send to the lane target; on a failure ``can_fall_back`` accepts (the connection was never made, or
+    a safe request got no response from a closing connection), mark it and apply the lane's fallback."""
     if router.is_down(route):
         if route.fallback == "strict":
             router.record(route, STRICT_ERROR)
@@ -147,7 +148,7 @@ def send(
     try:
         result = to_target()
     except Exception as exc:
-        if not is_connect_error(exc):
+        if not can_fall_back(exc):
             raise
         router.failed(route)
         if route.fallback == "strict":
@@ -165,7 +166,7 @@ async def send_async(
     route: Route,
     to_target: Callable[[], Awaitable[T]],
     to_base: Callable[[], Awaitable[T]],
-    is_connect_error: Callable[[BaseException], bool],
+    can_fall_back: Callable[[BaseException], bool],
     strict_error: Callable[[str, BaseException | None], BaseException],
 ) -> T:
     """The async twin of :func:`send`."""
@@ -178,7 +179,7 @@ async def send_async(
     try:
         result = await to_target()
     except Exception as exc:
-        if not is_connect_error(exc):
+        if not can_fall_back(exc):
             raise
         router.failed(route)
         if route.fallback == "strict":
@@ -190,6 +191,3 @@ async def send_async(
     router.record(route, ROUTED)
     return result
 
-
-def empty_table() -> LaneTable:
-    return EMPTY

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any, MutableMapping
+from typing import Any, Callable, MutableMapping
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from graybaggage import _runtime
@@ -87,6 +87,40 @@ def netloc(route: Route) -> str:
 def rewrite(u: SplitResult, route: Route) -> str:
     """The URL with its authority replaced by the route's target (userinfo dropped)."""
     return urlunsplit((u.scheme, netloc(route), u.path, u.query, u.fragment))
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def is_os_aborted(exc: BaseException | None) -> bool:
+    """True when the connection was reset or closed before any response arrived."""
+    import http.client
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected)):
+            return True
+        nxt = getattr(exc, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], BaseException) else None
+        if not isinstance(nxt, BaseException):
+            nxt = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = nxt or exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def fallback_predicate(connect_error: Callable[[BaseException], bool], aborted: Callable[[BaseException], bool],
+                       method: str | None) -> Callable[[BaseException], bool]:
+    """When a failed call to a lane target may go to base instead.
+
+    Always when the connection was never made. Also, for safe methods (GET, HEAD, OPTIONS) only, when the
+    target closed or reset the connection before sending any response: a kept-alive connection to an
+    instance that is shutting down. RFC 9112 section 9.3.1 allows retrying those; bodies and unsafe methods
+    are never re-sent.
+    """
+    safe = (method or "GET").upper() in SAFE_METHODS
+    return lambda exc: connect_error(exc) or (safe and aborted(exc))
 
 
 def is_os_connect_error(exc: BaseException | None) -> bool:

@@ -17,6 +17,14 @@ def _is_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectorError) or _client.is_os_connect_error(exc)
 
 
+def _is_aborted(exc: BaseException) -> bool:
+    """``_request`` returns once the response headers arrived: a disconnect inside it came first."""
+    import aiohttp
+
+    return isinstance(exc, aiohttp.ServerDisconnectedError) or (
+        isinstance(exc, aiohttp.ClientOSError) and _client.is_os_aborted(exc))
+
+
 async def _request(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     from multidict import CIMultiDict
 
@@ -38,11 +46,12 @@ async def _request(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
         if _strict_cls is None:
             import aiohttp
 
-            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, aiohttp.ClientConnectionError), {})
+            _strict_cls = type("LaneUnavailable", (aiohttp.ClientConnectionError, LaneUnavailableError), {})
         return _strict_cls(msg)
 
     return await send_async(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
-                            lambda: wrapped(*args, **kwargs), _is_connect_error, strict_error)
+                            lambda: wrapped(*args, **kwargs),
+                            _client.fallback_predicate(_is_connect_error, _is_aborted, str(method)), strict_error)
 
 
 def patch(mod: Any) -> None:

@@ -19,13 +19,21 @@ def _is_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) or _client.is_os_connect_error(exc)
 
 
+def _is_aborted(exc: BaseException) -> bool:
+    """Inside the transport call no response has been returned yet: a read/write/protocol error here
+    means the target dropped the connection before responding."""
+    import httpx
+
+    return isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError))
+
+
 def _strict_error(request: Any) -> Any:
     def make(msg: str, cause: BaseException | None) -> BaseException:
         global _strict_cls
         if _strict_cls is None:
             import httpx
 
-            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, httpx.ConnectError), {})
+            _strict_cls = type("LaneUnavailable", (httpx.ConnectError, LaneUnavailableError), {})
         err = _strict_cls(msg)
         err.request = request
         return err
@@ -66,7 +74,8 @@ def _handle(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         _restore(request, url, host)
         return wrapped(*args, **kwargs)
 
-    return send(rt.router, route, to_target, to_base, _is_connect_error, _strict_error(request))
+    return send(rt.router, route, to_target, to_base,
+                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), _strict_error(request))
 
 
 async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -83,7 +92,9 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
         _restore(request, url, host)
         return await wrapped(*args, **kwargs)
 
-    return await send_async(rt.router, route, to_target, to_base, _is_connect_error, _strict_error(request))
+    return await send_async(rt.router, route, to_target, to_base,
+                            _client.fallback_predicate(_is_connect_error, _is_aborted, request.method),
+                            _strict_error(request))
 
 
 def patch(mod: Any) -> None:

@@ -32,6 +32,21 @@ def _is_connect_error(exc: BaseException) -> bool:
     return _client.is_os_connect_error(exc)
 
 
+def _is_aborted(exc: BaseException) -> bool:
+    """urllib3 says "Connection aborted." only for failures before the response headers arrived."""
+    import urllib3.exceptions as ue
+
+    cur: BaseException | None = exc
+    for _ in range(4):
+        if isinstance(cur, ue.ProtocolError) and cur.args and cur.args[0] == "Connection aborted.":
+            return _client.is_os_aborted(cur)
+        nxt = cur.args[0] if cur is not None and cur.args and isinstance(cur.args[0], BaseException) else None
+        cur = nxt or getattr(cur, "reason", None)
+        if cur is None:
+            break
+    return False
+
+
 def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     request = args[0] if args else kwargs["request"]
     rt, lane = _client.current()
@@ -59,10 +74,11 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         if _strict_cls is None:
             import requests
 
-            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, requests.exceptions.ConnectionError), {})
+            _strict_cls = type("LaneUnavailable", (requests.exceptions.ConnectionError, LaneUnavailableError), {})
         return _strict_cls(msg, request=request)
 
-    return send(rt.router, route, to_target, to_base, _is_connect_error, strict_error)
+    return send(rt.router, route, to_target, to_base,
+                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), strict_error)
 
 
 def patch(mod: Any) -> None:

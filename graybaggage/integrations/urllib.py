@@ -20,6 +20,12 @@ def _is_connect_error(exc: BaseException) -> bool:
     return _client.is_os_connect_error(exc)
 
 
+def _aborted(exc: BaseException) -> bool:
+    from urllib.error import HTTPError
+
+    return not isinstance(exc, HTTPError) and _client.is_os_aborted(exc)
+
+
 class _Headers:
     """Adapts a urllib Request's header store to the mapping interface set_lane_headers expects."""
 
@@ -76,10 +82,11 @@ def _open(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         if _strict_cls is None:
             from urllib.error import URLError
 
-            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, URLError), {})
+            _strict_cls = type("LaneUnavailable", (URLError, LaneUnavailableError), {})
         return _strict_cls(msg)
 
-    return send(rt.router, route, to_target, to_base, _is_connect_error, strict_error)
+    return send(rt.router, route, to_target, to_base,
+                _client.fallback_predicate(_is_connect_error, _aborted, req.get_method()), strict_error)
 
 
 def patch(mod: Any) -> None:

@@ -61,11 +61,12 @@ def _manager_urlopen(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> 
         if _strict_cls is None:
             import urllib3.exceptions as ue
 
-            _strict_cls = type("LaneUnavailable", (LaneUnavailableError, ue.HTTPError), {})
+            _strict_cls = type("LaneUnavailable", (ue.HTTPError, LaneUnavailableError), {})
         return _strict_cls(msg)
 
     return send(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
-                lambda: wrapped(*args, **kwargs), _is_connect_error, strict_error)
+                lambda: wrapped(*args, **kwargs),
+                _client.fallback_predicate(_is_connect_error, _client.is_os_aborted, str(method)), strict_error)
 
 
 def patch_pool(mod: Any) -> None:

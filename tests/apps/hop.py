@@ -254,19 +254,44 @@ def serve() -> None:
     from socketserver import ThreadingMixIn
 
     class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
+        daemon_threads = False  # graceful stop: server_close() waits for in-flight requests
+        block_on_close = True
         request_queue_size = 256
+
+    stopping = threading.Event()
 
     class Quiet(WSGIRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 2  # idle keep-alive connections close, so a graceful stop finishes
+
+        def handle_one_request(self):
+            super().handle_one_request()
+            if stopping.is_set():  # draining: finish this request, then close its keep-alive connection
+                self.close_connection = True
 
         def log_message(self, *a):
             pass
 
     app = {"flask": make_flask, "django": make_django}.get(KIND, lambda: wsgi_app)()
-    with make_server("127.0.0.1", PORT, app, server_class=Server, handler_class=Quiet) as srv:
-        print(f"{NAME} listening on {srv.server_port}", file=sys.stderr, flush=True)
-        srv.serve_forever()
+    import signal
+
+    srv = make_server("127.0.0.1", PORT, app, server_class=Server, handler_class=Quiet)
+
+    def on_term(*_):  # like a production server: stop listening at once, then finish in-flight requests
+        stopping.set()
+        srv.socket.close()
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"{NAME} listening on {srv.server_port}", file=sys.stderr, flush=True)
+    srv.timeout = 0.2
+    while not stopping.is_set():
+        try:
+            srv.handle_request()
+        except (OSError, ValueError):
+            if stopping.is_set():
+                break
+            raise
+    srv.server_close()  # joins the request threads
 
 
 if __name__ == "__main__":

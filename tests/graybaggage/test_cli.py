@@ -1,0 +1,63 @@
+"""The graybaggage command: routes, route, run (as a user runs it: a real subprocess)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from tests import support
+
+TABLE = {"version": 1, "namespace": "default", "revision": "7", "lanes": {
+    "gray": {"fallback": "base", "routes": {"spring-cloud-a": "spring-cloud-a-gray",
+                                            "spring-cloud-c.default:20001": "spring-cloud-c-gray.default:20001"}},
+    "blue": {"fallback": "strict", "routes": {}}}}
+
+
+def gb(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GRAYBAGGAGE_")}
+    full.update(env)
+    return subprocess.run([str(support.BIN / "graybaggage"), *args], capture_output=True, text=True, env=full,
+                          timeout=60)
+
+
+def test_routes_prints_table_and_source(tmp_path):
+    f = tmp_path / "lanes.json"
+    f.write_text(json.dumps(TABLE))
+    res = gb("routes", GRAYBAGGAGE_LANE_TABLE_FILE=str(f))
+    assert res.returncode == 0, res.stderr
+    assert f"source:    file {f}" in res.stdout
+    assert "revision: 7" in res.stdout
+    assert "gray         base      spring-cloud-a" in res.stdout
+    assert "spring-cloud-c-gray.default:20001" in res.stdout
+    assert "blue         strict    (no routes)" in res.stdout
+    js = json.loads(gb("routes", "--json", GRAYBAGGAGE_LANE_TABLE_FILE=str(f)).stdout)
+    assert js["source"] == "file" and js["table"] == TABLE
+
+
+def test_routes_reports_broken_source(tmp_path):
+    res = gb("routes", GRAYBAGGAGE_LANE_TABLE='{"version": 3, "lanes": {}}')
+    assert res.returncode == 1
+    assert "ERROR: version: expected 1, got 3" in res.stdout
+    res = gb("routes")
+    assert "every call stays on base" in res.stdout and res.returncode == 0
+
+
+def test_route_explains_decisions():
+    env = {"GRAYBAGGAGE_LANE_TABLE": json.dumps(TABLE)}
+    out = gb("route", "--lane", "gray", "http://spring-cloud-a.default.svc.cluster.local:20001/a", **env).stdout
+    assert "spring-cloud-a-gray.default.svc.cluster.local:20001" in out and "fallback: base" in out
+    out = gb("route", "--lane", "gray", "http://spring-cloud-b:20001/b", **env).stdout
+    assert "no instance of spring-cloud-b:20001: stays on base" in out
+    out = gb("route", "--lane", "green", "http://spring-cloud-a:20001/", **env).stdout
+    assert "'green' is not in the table" in out
+    out = gb("route", "--lane", "Bad!", "http://spring-cloud-a:20001/", **env).stdout
+    assert "is rejected" in out
+    res = gb("route", "--lane", "gray", "not a url", **env)
+    assert res.returncode == 2 and "has no host" in res.stderr
+
+
+def test_run_errors_are_clear():
+    res = gb("run")
+    assert res.returncode == 2 and "missing the program" in res.stderr
+    res = gb("run", "--", "definitely-not-a-command-xyz")
+    assert res.returncode == 127 and "command not found" in res.stderr

@@ -1,0 +1,101 @@
+"""The lane table: parsing, validation (agreeing with the shipped JSON Schema), Kubernetes name forms."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+import pytest
+
+from graybaggage.table import TableError, load_table_text, parse_table
+
+SCHEMA = json.loads(resources.files("graybaggage").joinpath("schema/lane-table.schema.json").read_text())
+
+
+def table(routes: dict, **lane) -> dict:
+    return {"version": 1, "namespace": "default", "lanes": {"gray": {"routes": routes, **lane}}}
+
+
+GOOD = [
+    table({"a": "a-gray"}),
+    table({"a.default:80": "a-gray.default:80"}, fallback="strict"),
+    table({"127.0.0.1:8003": "127.0.0.1:8013", "[::1]:80": "[::1]:81"}),
+    {"version": 1, "lanes": {}},
+    table({}, entry={"rules": []}),
+]
+BAD = [
+    ({"version": 2, "lanes": {}}, "version"),
+    ({"lanes": {}}, "version"),
+    ({"version": 1}, "lanes"),
+    ({"version": 1, "lanes": {"Gray": {"routes": {}}}}, "lanes.Gray"),
+    (table({"a": "a-gray"}, fallback="maybe"), "lanes.gray.fallback"),
+    (table({"a/b": "x"}), "lanes.gray.routes"),
+    (table({"a:99999": "x"}), "port"),
+    (table({"a": "x y"}), "target"),
+    ({"version": 1, "lanes": {"gray": {}}}, "lanes.gray.routes"),
+    ({"version": 1, "lanes": {"gray": {"routes": {}, "extra": 1}}}, "unknown field"),
+    ({"version": 1, "lanes": {}, "surprise": True}, "unknown field"),
+]
+
+
+@pytest.mark.parametrize("data", GOOD)
+def test_good_tables_pass_parser_and_schema(data):
+    parse_table(data)
+    jsonschema.validate(data, SCHEMA)
+
+
+@pytest.mark.parametrize("data,field", BAD)
+def test_bad_tables_name_the_field_and_fail_schema(data, field):
+    with pytest.raises(TableError) as err:
+        parse_table(data)
+    assert field in str(err.value)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, SCHEMA)
+
+
+@pytest.mark.parametrize("caller,expected", [
+    ("spring-cloud-c", "spring-cloud-c-gray"),
+    ("spring-cloud-c.default", "spring-cloud-c-gray.default"),
+    ("spring-cloud-c.default.svc", "spring-cloud-c-gray.default.svc"),
+    ("spring-cloud-c.default.svc.cluster.local", "spring-cloud-c-gray.default.svc.cluster.local"),
+    ("SPRING-CLOUD-C.Default", "spring-cloud-c-gray.default"),
+])
+def test_kubernetes_forms_match_and_target_keeps_callers_form(caller, expected):
+    t = parse_table(table({"spring-cloud-c": "spring-cloud-c-gray"}))
+    route = t.decide("gray", caller, 20001, "default")
+    assert route is not None and route.host == expected and route.port == 20001
+
+
+def test_other_namespace_and_ports():
+    t = parse_table(table({"c:20001": "c-gray:20002", "d.other": "d-gray.other"}))
+    assert t.decide("gray", "c", 20001, "default").authority == "c-gray:20002"
+    assert t.decide("gray", "c", 20003, "default") is None  # host:port matches only that port
+    assert t.decide("gray", "c", 20001, "other") is None  # a one-label name means the caller's namespace
+    assert t.decide("gray", "d", 80, "default") is None
+    assert t.decide("gray", "d", 80, "other").host == "d-gray"
+    assert t.decide("gray", "d.other", 80, "default").host == "d-gray.other"
+
+
+def test_port_specific_beats_host():
+    t = parse_table(table({"c": "c-gray", "c:9090": "c-admin-gray"}))
+    assert t.decide("gray", "c", 9090, "default").host == "c-admin-gray"
+    assert t.decide("gray", "c", 80, "default").host == "c-gray"
+
+
+def test_unknown_lane_and_host_stay_base():
+    t = parse_table(table({"c": "c-gray"}))
+    assert t.decide("blue", "c", 80) is None
+    assert t.decide(None, "c", 80) is None
+    assert t.decide("gray", "x", 80) is None
+    assert t.decide("gray", "c.example.com", 80) is None
+
+
+def test_target_in_another_namespace_is_qualified_for_short_callers():
+    t = parse_table(table({"c": "c-gray.canary"}))
+    assert t.decide("gray", "c", 80, "default").host == "c-gray.canary"
+
+
+def test_yaml_and_json_text():
+    assert load_table_text("version: 1\nlanes:\n  gray:\n    routes: {c: c-gray}\n").decide("gray", "c", 1)
+    with pytest.raises(TableError, match="cannot parse"):
+        load_table_text("{ nope")

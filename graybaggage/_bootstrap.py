@@ -30,10 +30,15 @@ def instrument(**overrides: Any) -> None:
     if inst.is_instrumented_by_opentelemetry:  # re-instrument with the new settings
         inst.uninstrument()
     inst.instrument(settings=settings)
+    from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
+
     for ep in entry_points(group="opentelemetry_instrumentor"):
         if ep.name in disabled or ep.name == "graybaggage":
             continue
-        distro.load_instrumentor(ep)
+        dist = getattr(ep, "dist", None)
+        if dist is not None and get_dist_dependency_conflicts(dist) is not None:
+            continue  # the instrumented library is not installed (same check as opentelemetry-instrument)
+        distro.load_instrumentor(ep, skip_dep_check=True)
 
 
 def uninstrument() -> None:

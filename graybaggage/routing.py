@@ -129,6 +129,36 @@ class Router:
                      route.destination, level=logging.INFO)
 
 
+def strict_error_class(native: type[BaseException]) -> type[BaseException]:
+    """A ``LaneUnavailableError`` that is also the client's own connection error ``native`` (cached)."""
+    cls = _strict_classes.get(native)
+    if cls is None:
+        cls = _strict_classes[native] = type("LaneUnavailable", (native, LaneUnavailableError), {})
+    return cls
+
+
+_strict_classes: dict[type[BaseException], type[BaseException]] = {}
+
+
+def _skip_down_target(router: Router, route: Route, strict_error: Callable[[str, BaseException | None], BaseException]) -> None:
+    if route.fallback == "strict":
+        router.record(route, STRICT_ERROR)
+        raise strict_error(strict_message(route, None), None)
+    router.record(route, FALLBACK_DOWN)
+
+
+def _target_failed(router: Router, route: Route, exc: Exception, can_fall_back: Callable[[BaseException], bool],
+                   strict_error: Callable[[str, BaseException | None], BaseException]) -> None:
+    """Re-raise what must not fall back; otherwise count the failure and apply the lane's fallback mode."""
+    if not can_fall_back(exc):
+        raise exc
+    router.failed(route)
+    if route.fallback == "strict":
+        router.record(route, STRICT_ERROR)
+        raise strict_error(strict_message(route, exc), exc) from exc
+    router.record(route, FALLBACK)
+
+
 def send(
     router: Router,
     route: Route,
@@ -140,21 +170,12 @@ def send(
     """Send to the lane target; on a failure ``can_fall_back`` accepts (the connection was never made, or
     a safe request got no response from a closing connection), mark it and apply the lane's fallback."""
     if router.is_down(route):
-        if route.fallback == "strict":
-            router.record(route, STRICT_ERROR)
-            raise strict_error(strict_message(route, None), None)
-        router.record(route, FALLBACK_DOWN)
+        _skip_down_target(router, route, strict_error)
         return to_base()
     try:
         result = to_target()
     except Exception as exc:
-        if not can_fall_back(exc):
-            raise
-        router.failed(route)
-        if route.fallback == "strict":
-            router.record(route, STRICT_ERROR)
-            raise strict_error(strict_message(route, exc), exc) from exc
-        router.record(route, FALLBACK)
+        _target_failed(router, route, exc, can_fall_back, strict_error)
         return to_base()
     router.succeeded(route)
     router.record(route, ROUTED)
@@ -171,23 +192,13 @@ async def send_async(
 ) -> T:
     """The async twin of :func:`send`."""
     if router.is_down(route):
-        if route.fallback == "strict":
-            router.record(route, STRICT_ERROR)
-            raise strict_error(strict_message(route, None), None)
-        router.record(route, FALLBACK_DOWN)
+        _skip_down_target(router, route, strict_error)
         return await to_base()
     try:
         result = await to_target()
     except Exception as exc:
-        if not can_fall_back(exc):
-            raise
-        router.failed(route)
-        if route.fallback == "strict":
-            router.record(route, STRICT_ERROR)
-            raise strict_error(strict_message(route, exc), exc) from exc
-        router.record(route, FALLBACK)
+        _target_failed(router, route, exc, can_fall_back, strict_error)
         return await to_base()
     router.succeeded(route)
     router.record(route, ROUTED)
     return result
-

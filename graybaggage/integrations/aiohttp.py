@@ -6,10 +6,7 @@ from typing import Any
 
 from graybaggage._patch import wrap
 from graybaggage.integrations import _client
-from graybaggage.routing import LaneUnavailableError, send_async
-
-_strict_cls: Any = None
-
+from graybaggage.routing import send_async, strict_error_class
 
 def _is_connect_error(exc: BaseException) -> bool:
     import aiohttp
@@ -42,12 +39,9 @@ async def _request(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
     target = _client.rewrite(u, route)
 
     def strict_error(msg: str, cause: BaseException | None) -> BaseException:
-        global _strict_cls
-        if _strict_cls is None:
-            import aiohttp
+        import aiohttp
 
-            _strict_cls = type("LaneUnavailable", (aiohttp.ClientConnectionError, LaneUnavailableError), {})
-        return _strict_cls(msg)
+        return strict_error_class(aiohttp.ClientConnectionError)(msg)
 
     return await send_async(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
                             lambda: wrapped(*args, **kwargs),

@@ -8,10 +8,7 @@ from typing import Any
 
 from graybaggage._patch import wrap
 from graybaggage.integrations import _client
-from graybaggage.routing import LaneUnavailableError, send, send_async
-
-_strict_cls: Any = None
-
+from graybaggage.routing import send, send_async, strict_error_class
 
 def _is_connect_error(exc: BaseException) -> bool:
     import httpx
@@ -29,12 +26,9 @@ def _is_aborted(exc: BaseException) -> bool:
 
 def _strict_error(request: Any) -> Any:
     def make(msg: str, cause: BaseException | None) -> BaseException:
-        global _strict_cls
-        if _strict_cls is None:
-            import httpx
+        import httpx
 
-            _strict_cls = type("LaneUnavailable", (httpx.ConnectError, LaneUnavailableError), {})
-        err = _strict_cls(msg)
+        err = strict_error_class(httpx.ConnectError)(msg)
         err.request = request
         return err
 

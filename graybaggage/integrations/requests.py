@@ -9,10 +9,7 @@ from typing import Any
 
 from graybaggage._patch import wrap
 from graybaggage.integrations import _client
-from graybaggage.routing import LaneUnavailableError, send
-
-_strict_cls: Any = None
-
+from graybaggage.routing import send, strict_error_class
 
 def _is_connect_error(exc: BaseException) -> bool:
     import urllib3.exceptions as ue
@@ -70,12 +67,9 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return wrapped(*args, **kwargs)
 
     def strict_error(msg: str, cause: BaseException | None) -> BaseException:
-        global _strict_cls
-        if _strict_cls is None:
-            import requests
+        import requests
 
-            _strict_cls = type("LaneUnavailable", (requests.exceptions.ConnectionError, LaneUnavailableError), {})
-        return _strict_cls(msg, request=request)
+        return strict_error_class(requests.exceptions.ConnectionError)(msg, request=request)
 
     return send(rt.router, route, to_target, to_base,
                 _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), strict_error)

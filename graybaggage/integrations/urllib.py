@@ -5,10 +5,7 @@ from typing import Any
 
 from graybaggage._patch import wrap
 from graybaggage.integrations import _client
-from graybaggage.routing import LaneUnavailableError, send
-
-_strict_cls: Any = None
-
+from graybaggage.routing import send, strict_error_class
 
 def _is_connect_error(exc: BaseException) -> bool:
     from urllib.error import HTTPError, URLError
@@ -78,12 +75,9 @@ def _open(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return wrapped(req, *rest, **kwargs)
 
     def strict_error(msg: str, cause: BaseException | None) -> BaseException:
-        global _strict_cls
-        if _strict_cls is None:
-            from urllib.error import URLError
+        from urllib.error import URLError
 
-            _strict_cls = type("LaneUnavailable", (URLError, LaneUnavailableError), {})
-        return _strict_cls(msg)
+        return strict_error_class(URLError)(msg)
 
     return send(rt.router, route, to_target, to_base,
                 _client.fallback_predicate(_is_connect_error, _aborted, req.get_method()), strict_error)

@@ -6,10 +6,7 @@ from typing import Any
 
 from graybaggage._patch import wrap
 from graybaggage.integrations import _client
-from graybaggage.routing import LaneUnavailableError, send
-
-_strict_cls: Any = None
-
+from graybaggage.routing import send, strict_error_class
 
 def _is_connect_error(exc: BaseException) -> bool:
     import urllib3.exceptions as ue
@@ -57,12 +54,9 @@ def _manager_urlopen(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> 
     target = _client.rewrite(u, route)
 
     def strict_error(msg: str, cause: BaseException | None) -> BaseException:
-        global _strict_cls
-        if _strict_cls is None:
-            import urllib3.exceptions as ue
+        import urllib3.exceptions as ue
 
-            _strict_cls = type("LaneUnavailable", (ue.HTTPError, LaneUnavailableError), {})
-        return _strict_cls(msg)
+        return strict_error_class(ue.HTTPError)(msg)
 
     return send(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
                 lambda: wrapped(*args, **kwargs),

@@ -86,3 +86,14 @@ def test_thread_propagation_can_be_switched_off(sink):
         assert gray[-1]["header"] is None
     finally:
         front.kill()
+
+
+def test_gunicorn_serving_a_plain_wsgi_app(mode, sink):
+    port = support.free_port()
+    front = support.start("front-gunicorn", {"HOP_NEXT": sink.url, "PYTHONPATH": str(support.ROOT), **MODES[mode]},
+                          port=port, cmd=[str(support.BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}",
+                                          "tests.apps.hop:wsgi_app"])
+    try:
+        _check(front, sink)
+    finally:
+        front.kill()

@@ -1,0 +1,153 @@
+"""A thin REST layer over `kubernetes.client.ApiClient` that speaks plain JSON dicts.
+
+Plain dicts keep the pure builders free of generated model classes (and of their renamed fields);
+every write carries the field manager `graybaggage`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from . import names as n
+
+log = logging.getLogger(__name__)
+
+MERGE = "application/merge-patch+json"
+JSONPATCH = "application/json-patch+json"
+
+_PATHS = {
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "Pod": "/api/v1/namespaces/{ns}/pods",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Event": "/api/v1/namespaces/{ns}/events",
+    "GrayRelease": f"/apis/{n.GROUP}/{n.VERSION}/namespaces/{{ns}}/{n.RELEASES}",
+    "Lane": f"/apis/{n.GROUP}/{n.VERSION}/namespaces/{{ns}}/{n.LANES}",
+    "MutatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str, body: Any = None):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+class Kube:
+    def __init__(self, api_client: Any, timeout: float = 15.0):
+        self.api = api_client
+        self.timeout = timeout
+
+    # ---- raw
+    def request(self, method: str, path: str, body: Any = None, query: dict | None = None,
+                content_type: str = "application/json") -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        q = [(k, v) for k, v in (query or {}).items() if v is not None]
+        if method in ("POST", "PUT", "PATCH"):
+            q.append(("fieldManager", n.FIELD_MANAGER))
+        if hasattr(self.api, "param_serialize"):      # kubernetes >= 33 (new generator)
+            args = self.api.param_serialize(method=method, resource_path=path, query_params=q or None,
+                                            header_params=headers, body=body, auth_settings=["BearerToken"])
+            resp = self.api.call_api(*args, _request_timeout=self.timeout)
+            resp.read()
+            status, data = resp.status, resp.data
+        else:                                         # older generated clients
+            from kubernetes.client.rest import ApiException
+            try:
+                resp = self.api.call_api(path, method, query_params=q, header_params=headers, body=body,
+                                         auth_settings=["BearerToken"], _preload_content=False,
+                                         _return_http_data_only=True, _request_timeout=self.timeout)
+                status, data = resp.status, resp.data
+            except ApiException as e:
+                status, data = e.status, (e.body or b"")
+        if isinstance(data, str):
+            data = data.encode()
+        parsed: Any = None
+        if data:
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                parsed = data.decode(errors="replace")
+        if not 200 <= status <= 299:
+            message = parsed.get("message") if isinstance(parsed, dict) else str(parsed)
+            raise KubeError(status, message or "", parsed)
+        return parsed
+
+    @staticmethod
+    def path(kind: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+        p = _PATHS[kind].format(ns=quote(namespace or ""))
+        if name:
+            p += "/" + quote(name)
+        if sub:
+            p += "/" + sub
+        return p
+
+    # ---- verbs
+    def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
+        try:
+            return self.request("GET", self.path(kind, namespace, name))
+        except KubeError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict]:
+        body = self.request("GET", self.path(kind, namespace), query={"labelSelector": label_selector})
+        items = body.get("items") or []
+        api_version = body.get("apiVersion")
+        item_kind = kind
+        for it in items:
+            it.setdefault("apiVersion", api_version)
+            it.setdefault("kind", item_kind)
+        return items
+
+    def create(self, kind: str, namespace: str | None, body: dict) -> dict:
+        return self.request("POST", self.path(kind, namespace), body=body)
+
+    def replace(self, kind: str, namespace: str | None, name: str, body: dict) -> dict:
+        return self.request("PUT", self.path(kind, namespace, name), body=body)
+
+    def patch(self, kind: str, namespace: str | None, name: str, body: Any, content_type: str = MERGE,
+              sub: str | None = None) -> dict:
+        return self.request("PATCH", self.path(kind, namespace, name, sub), body=body, content_type=content_type)
+
+    def delete(self, kind: str, namespace: str | None, name: str, propagation: str = "Background",
+               resource_version: str | None = None) -> bool:
+        body: dict = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        if resource_version:
+            body["preconditions"] = {"resourceVersion": resource_version}
+        try:
+            self.request("DELETE", self.path(kind, namespace, name), body=body)
+            return True
+        except KubeError as e:
+            if e.status == 404:
+                return False
+            raise
+
+
+def api_client_from(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """An ApiClient from a kubeconfig path, $KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
+    from kubernetes import client, config
+
+    if kubeconfig or context:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def read_lane_table(kube_or_api: Any, namespace: str) -> dict | None:
+    """The lane table the controller published in `namespace` (parsed `lanes.json`), or None."""
+    kube = kube_or_api if isinstance(kube_or_api, Kube) else Kube(kube_or_api)
+    cm = kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)
+    if not cm:
+        return None
+    text = (cm.get("data") or {}).get(n.TABLE_KEY)
+    return json.loads(text) if text else None

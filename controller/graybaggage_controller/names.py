@@ -1,0 +1,45 @@
+"""Names shared by the controller, its webhook and its CLI (no I/O, no globals that change)."""
+
+GROUP = "graybaggage.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+LANES = "lanes"
+RELEASES = "grayreleases"
+
+FIELD_MANAGER = "graybaggage"
+
+#: label on the base Deployment a GrayRelease targets (value: the GrayRelease name);
+#: the mutating webhook's objectSelector matches it, so only targeted Deployments are ever sent to it.
+RELEASE_LABEL = "graybaggage.io/gray-release"
+#: label on every object the controller creates for a GrayRelease (gray Deployment, lane Services).
+OWNER_LABEL = "graybaggage.io/release"
+#: the lane label on gray pods (and in the gray Deployment's / lane Service's selector).
+LANE_LABEL = "graybaggage.io/lane"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "graybaggage"
+
+#: on the base Deployment: hash of the stable pod template (the webhook pauses on any other template).
+STABLE_ANN = "graybaggage.io/stable-revision"
+#: on the base Deployment: set when graybaggage (webhook or controller) paused it.
+PAUSED_BY_ANN = "graybaggage.io/paused-by"
+#: on the gray Deployment: hash of its desired spec (compare desired with observed without defaults).
+SPEC_HASH_ANN = "graybaggage.io/spec-hash"
+#: on a pinned base Service: its original selector (JSON) and the GrayRelease that pinned it.
+ORIGINAL_SELECTOR_ANN = "graybaggage.io/original-selector"
+PINNED_BY_ANN = "graybaggage.io/pinned-by"
+#: on a GrayRelease, written by `kubectl-graybaggage approve`: "<canaryRevision>/<step>".
+APPROVE_ANN = "graybaggage.io/approve"
+#: on a GrayRelease, written by `kubectl-graybaggage rollback`: "<canaryRevision>".
+ROLLBACK_ANN = "graybaggage.io/rollback"
+
+POD_TEMPLATE_HASH = "pod-template-hash"
+LANE_ENV = "GRAYBAGGAGE_LANE"
+
+TABLE_CONFIGMAP = "graybaggage-lanes"
+TABLE_KEY = "lanes.json"
+TABLE_VERSION = 1
+
+FINALIZER = "graybaggage.io/finalizer"
+WEBHOOK_HANDLER_ID = "pause-base"
+
+PHASES = ("Healthy", "Progressing", "Paused", "Promoting", "RollingBack", "Failed")

@@ -1,0 +1,223 @@
+"""The controller process: kopf handlers + the mutating webhook, wired to `reconcile.Reconciler`.
+
+    graybaggage-controller [--namespace NS ...] [--kubeconfig PATH] [--webhook-port 9443]
+                           [--webhook-host 127.0.0.1] [--no-webhook] [--resync SECONDS]
+
+Handlers (all level-triggered; every pass re-derives everything from the cluster):
+- GrayRelease: a timer every --resync seconds, plus watch events of the GrayRelease, of its base
+  Deployment (label graybaggage.io/gray-release) and of its gray Deployment (graybaggage.io/release);
+  deletion goes through our own finalizer (graybaggage.io/finalizer, added by the controller before it
+  creates anything) that cleans up before letting go.
+- Lane: a timer and watch events refresh its status and the namespace's lane table; deletion (same
+  finalizer) removes it from the table first.
+- Webhook: mutating, Deployments UPDATE, objectSelector graybaggage.io/gray-release (so unrelated workloads
+  never reach it), failurePolicy Ignore, a self-signed CA made at start-up (or --tls-dir with
+  ca.crt/tls.crt/tls.key). If the webhook is down, the update goes through unpaused; the controller sees
+  the template change on its next pass, pauses the Deployment and pins base Services to the stable pods
+  (a Warning event WebhookBypassed), so base traffic still never reaches the new pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import kopf
+
+from . import desired as d
+from . import names as n
+from .kube import Kube, api_client_from
+from .reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Config:
+    namespaces: list[str]
+    kubeconfig: str | None = None
+    context: str | None = None
+    resync: float = 5.0
+    webhook: bool = True
+    webhook_host: str = "127.0.0.1"
+    webhook_addr: str | None = None
+    webhook_port: int = 9443
+    webhook_name: str = "graybaggage"
+    webhook_service: str | None = None      # "namespace/name[:port]" for in-cluster
+    tls_dir: str | None = None
+
+
+class _ConfiguringWebhookServer(kopf.WebhookServer):
+    """kopf's server; each time it (re)starts with a client config, write our webhook configuration
+    (with a namespaceSelector and objectSelector kopf's managed mode does not offer)."""
+
+    def __init__(self, *, on_config: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_config = on_config
+
+    async def __call__(self, fn):  # type: ignore[override]
+        async for client_config in super().__call__(fn):
+            await asyncio.get_running_loop().run_in_executor(None, self._on_config, client_config)
+            yield client_config
+
+
+def _post_event(obj: dict, etype: str, reason: str, message: str) -> None:
+    if etype == "Warning":
+        kopf.warn(obj, reason=reason, message=message)
+    else:
+        kopf.info(obj, reason=reason, message=message)
+
+
+def build_registry(cfg: Config) -> tuple[kopf.OperatorRegistry, Reconciler]:
+    registry = kopf.OperatorRegistry()
+    kube = Kube(api_client_from(cfg.kubeconfig, cfg.context))
+    rec = Reconciler(kube, events=_post_event)
+    G, V = n.GROUP, n.VERSION
+
+    @kopf.on.startup(registry=registry)
+    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # graybaggage.io/finalizer is ours (reconcile.py adds and removes it); kopf keeps its own name,
+        # so its "no handler needs a finalizer" logic can never strip ours
+        settings.persistence.finalizer = "kopf.graybaggage.io/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.graybaggage.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="kopf.graybaggage.io", key="last-handled-configuration")
+        settings.posting.level = logging.INFO
+        settings.execution.max_workers = 8
+        settings.watching.server_timeout = 120
+        settings.networking.request_timeout = 30
+        if cfg.webhook:
+            tls = cfg.tls_dir or tempfile.mkdtemp(prefix="graybaggage-webhook-")
+            ca, crt, key = (os.path.join(tls, f) for f in ("ca.crt", "tls.crt", "tls.key"))
+            if not all(os.path.exists(p) for p in (ca, crt, key)):
+                from .certs import self_signed
+                self_signed(tls, [cfg.webhook_host] + (["localhost"] if cfg.webhook_host != "localhost" else []))
+
+            service = None
+            if cfg.webhook_service:
+                svc_ns, _, rest = cfg.webhook_service.partition("/")
+                svc_name, _, svc_port = rest.partition(":")
+                service = {"namespace": svc_ns, "name": svc_name, "port": int(svc_port or 443)}
+
+            def on_config(client_config: dict) -> None:
+                body = d.webhook_configuration(cfg.webhook_name, client_config, cfg.namespaces, service=service)
+                rec.apply_webhook_configuration(body)
+                log.info("webhook configuration %s -> %s", cfg.webhook_name, client_config.get("url"))
+
+            settings.admission.server = _ConfiguringWebhookServer(
+                on_config=on_config, addr=cfg.webhook_addr or cfg.webhook_host, port=cfg.webhook_port,
+                host=cfg.webhook_host, certfile=crt, pkeyfile=key, cafile=ca)
+            settings.admission.managed = None
+
+    # ---- GrayRelease
+    @kopf.timer(G, V, n.RELEASES, interval=cfg.resync, registry=registry)
+    def _release_timer(namespace: str, name: str, **_: Any) -> None:
+        rec.reconcile_release(namespace, name)
+
+    @kopf.on.event(G, V, n.RELEASES, registry=registry)
+    def _release_event(type: str, namespace: str, name: str, meta: Any, **_: Any) -> None:
+        if type == "DELETED":
+            rec.sync_table(namespace)
+        elif meta.get("deletionTimestamp"):
+            # cleanup takes a few passes (wait for gray pods to go before unpinning); timers stop on
+            # deletion, so drive it here, bounded; a later event or a restart resumes it
+            for _attempt in range(240):
+                plan = rec.reconcile_release(namespace, name)
+                if plan is None or plan.done:
+                    return
+                time.sleep(0.5)
+        else:
+            rec.reconcile_release(namespace, name)
+
+    @kopf.on.event("apps", "v1", "deployments", labels={n.RELEASE_LABEL: kopf.PRESENT}, registry=registry)
+    def _base_event(type: str, namespace: str, labels: dict, **_: Any) -> None:
+        rec.reconcile_release(namespace, labels[n.RELEASE_LABEL])
+
+    @kopf.on.event("apps", "v1", "deployments", labels={n.OWNER_LABEL: kopf.PRESENT}, registry=registry)
+    def _gray_event(type: str, namespace: str, labels: dict, **_: Any) -> None:
+        rec.reconcile_release(namespace, labels[n.OWNER_LABEL])
+
+    # ---- Lane
+    @kopf.timer(G, V, n.LANES, interval=cfg.resync, registry=registry)
+    def _lane_timer(namespace: str, name: str, **_: Any) -> None:
+        rec.reconcile_lane(namespace, name)
+
+    @kopf.on.event(G, V, n.LANES, registry=registry)
+    def _lane_event(type: str, namespace: str, name: str, meta: Any, **_: Any) -> None:
+        if type == "DELETED":
+            rec.sync_table(namespace)
+        elif meta.get("deletionTimestamp"):
+            for _attempt in range(60):
+                if rec.reconcile_lane(namespace, name):
+                    return
+                time.sleep(0.5)
+        else:
+            rec.reconcile_lane(namespace, name)
+
+    # ---- webhook
+    if cfg.webhook:
+        @kopf.on.mutate("apps", "v1", "deployments", id=n.WEBHOOK_HANDLER_ID, operations=["UPDATE"],
+                        labels={n.RELEASE_LABEL: kopf.PRESENT}, ignore_failures=True, registry=registry)
+        async def _pause_base(body: Any, patch: kopf.Patch, **_: Any) -> None:
+            # async on purpose: it runs on the event loop and never waits for a worker thread, since
+            # every worker may be busy in a reconcile that is itself waiting on this very webhook call
+            mutation = d.webhook_patch(dict(body))
+            if mutation:
+                patch.spec["paused"] = True
+                patch.metadata["annotations"] = {n.PAUSED_BY_ANN: "webhook"}
+                log.info("paused Deployment %s/%s (template %s is not the stable one)",
+                         body.get("metadata", {}).get("namespace"), body.get("metadata", {}).get("name"),
+                         d.template_hash((body.get("spec") or {}).get("template")))
+
+    return registry, rec
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(prog="graybaggage-controller", description=__doc__.split("\n\n")[0])
+    p.add_argument("-n", "--namespace", action="append", default=[],
+                   help="watch only this namespace (repeatable); default: cluster-wide")
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--context", default=None)
+    p.add_argument("--resync", type=float, default=float(os.environ.get("GRAYBAGGAGE_RESYNC_SECONDS", "5")),
+                   help="seconds between level-triggered passes per object (default 5)")
+    p.add_argument("--no-webhook", dest="webhook", action="store_false")
+    p.add_argument("--webhook-host", default="127.0.0.1", help="host the API server uses to reach the webhook")
+    p.add_argument("--webhook-addr", default=None, help="listen address (default: --webhook-host)")
+    p.add_argument("--webhook-port", type=int, default=9443)
+    p.add_argument("--webhook-name", default="graybaggage", help="MutatingWebhookConfiguration name")
+    p.add_argument("--webhook-service", default=None,
+                   help="NAMESPACE/NAME[:PORT] of the Service in front of the webhook (in-cluster); "
+                        "default: clientConfig.url https://<webhook-host>:<port>")
+    p.add_argument("--tls-dir", default=None, help="dir with ca.crt, tls.crt, tls.key (default: self-signed)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(argv)
+    kopf.configure(verbose=a.verbose, log_prefix=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return Config(namespaces=a.namespace, kubeconfig=a.kubeconfig, context=a.context, resync=a.resync,
+                  webhook=a.webhook, webhook_host=a.webhook_host, webhook_addr=a.webhook_addr,
+                  webhook_port=a.webhook_port, webhook_name=a.webhook_name, tls_dir=a.tls_dir,
+                  webhook_service=a.webhook_service)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    if cfg.kubeconfig:
+        os.environ["KUBECONFIG"] = cfg.kubeconfig   # for kopf's own login
+    registry, _rec = build_registry(cfg)
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    kopf.run(registry=registry, standalone=True, clusterwide=not cfg.namespaces,
+             namespaces=cfg.namespaces or ())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""The GrayRelease state machine as one pure function: `plan_release(Observed) -> Plan`.
+
+Every decision is re-derived from what is observed (the GrayRelease with its status, the base
+Deployment with its annotations, its ReplicaSets, the gray Deployment, Services, gray pods), so a
+restarted controller resumes wherever the previous one stopped. The Plan is an ordered list of actions
+(only differences), the GrayRelease's routes for the lane table, and the status to write last.
+
+Ordering rules that keep traffic correct:
+- canary: pin base Services to the stable pods BEFORE the gray Deployment exists; publish the member in
+  the lane table only once the gray Deployment is available (the ("table",) action comes after creates);
+- promote/rollback/delete: drop the member from the lane table FIRST, then touch the base Deployment,
+  then delete gray objects, and restore base selectors only once no gray pod is left (rollback/delete).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Any, Mapping
+
+from . import desired as d
+from . import names as n
+
+Obj = dict[str, Any]
+
+
+@dataclasses.dataclass
+class Observed:
+    release: Obj
+    base: Obj | None
+    replicasets: list[Obj]
+    gray: Obj | None              # the Deployment named <deploy>-<tag>, whoever owns it
+    gray_pods: int                # pods matching the gray Deployment's selector (incl. terminating)
+    services: list[Obj]           # all Services in the namespace
+    lane: Obj | None              # the Lane with spec.tag == release.spec.lane
+    now: float                    # epoch seconds
+    other_targeting: str | None = None  # another GrayRelease already targeting the same Deployment
+    deployments: list[Obj] = dataclasses.field(default_factory=list)   # all Deployments in the namespace
+
+
+@dataclasses.dataclass
+class Action:
+    verb: str                     # table | create | update | delete | patch | jsonpatch | patch-release
+    kind: str = ""                # Deployment | Service | GrayRelease
+    name: str = ""
+    body: Any = None
+
+
+@dataclasses.dataclass
+class Plan:
+    actions: list[Action]
+    routes: dict[str, str]
+    status: Obj
+    events: list[tuple[str, str, str]]   # (type, reason, message)
+    done: bool = False                    # deletion: nothing of ours is left
+    requeue: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------- time
+
+def iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def rolled_out(dep: Mapping[str, Any]) -> bool:
+    spec, st = dep.get("spec") or {}, dep.get("status") or {}
+    want = spec.get("replicas", 1)
+    return (st.get("observedGeneration", 0) >= d.meta(dep).get("generation", 0)
+            and st.get("updatedReplicas", 0) == want and st.get("replicas", 0) == want
+            and st.get("availableReplicas", 0) >= want)
+
+
+def available(dep: Mapping[str, Any], replicas: int) -> bool:
+    st = dep.get("status") or {}
+    return (st.get("observedGeneration", 0) >= d.meta(dep).get("generation", 0)
+            and st.get("updatedReplicas", 0) >= replicas and st.get("availableReplicas", 0) >= replicas)
+
+
+def stable_replicaset(replicasets: list[Obj], base: Obj, stable: str | None) -> Obj | None:
+    uid = d.meta(base).get("uid")
+    found = [rs for rs in replicasets
+             if any(r.get("uid") == uid for r in d.meta(rs).get("ownerReferences") or [])
+             and d.template_hash(d.replicaset_template(rs)) == stable]
+    found.sort(key=lambda rs: int(d.annotations_of(rs).get("deployment.kubernetes.io/revision", "0") or 0))
+    return found[-1] if found else None
+
+
+def conditions(previous: list[Obj] | None, new: list[tuple[str, str, str, str]], now: str) -> list[Obj]:
+    prev = {c.get("type"): c for c in previous or []}
+    out = []
+    for ctype, status, reason, message in new:
+        old = prev.get(ctype)
+        since = old.get("lastTransitionTime") if old and old.get("status") == status else now
+        out.append({"type": ctype, "status": status, "reason": reason, "message": message,
+                    "lastTransitionTime": since or now})
+    return out
+
+
+def _steps(spec: Mapping[str, Any]) -> list[Obj]:
+    return list(spec.get("steps") or [{"pause": {}}])
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state machine)
+    gr = obs.release
+    spec = gr.get("spec") or {}
+    st = gr.get("status") or {}
+    name = d.meta(gr)["name"]
+    tag = spec.get("lane") or ""
+    steps = _steps(spec)
+    deleting = bool(d.meta(gr).get("deletionTimestamp"))
+    base = obs.base
+    workload = (spec.get("workloadRef") or {}).get("name", "")
+
+    actions: list[Action] = []
+    events: list[tuple[str, str, str]] = []
+    conds: list[tuple[str, str, str, str]] = []
+    requeue: float | None = None
+
+    own_gray = obs.gray if obs.gray is not None and d.owned_by(obs.gray, gr) else None
+    gray_conflict = obs.gray is not None and own_gray is None
+    svc_by_name = {d.meta(s)["name"]: s for s in obs.services}
+    own_lane_svcs = [s for s in obs.services
+                     if d.labels_of(s).get(n.OWNER_LABEL) == name and d.owned_by(s, gr)]
+    pinned = [s for s in obs.services if d.annotations_of(s).get(n.PINNED_BY_ANN) == name]
+    # gray Deployments of ours under another name (the lane or the workload changed): always removed
+    stale_grays = [dep for dep in obs.deployments
+                   if d.labels_of(dep).get(n.OWNER_LABEL) == name and d.owned_by(dep, gr)
+                   and (own_gray is None or d.meta(dep)["name"] != d.meta(own_gray)["name"])]
+
+    if obs.lane is None:
+        conds.append(("LaneFound", "False", "LaneNotFound",
+                      f"no Lane with tag {tag!r} in this namespace; gray pods get default lane labels and "
+                      f"are not published in the lane table"))
+    else:
+        conds.append(("LaneFound", "True", "LaneFound", f"Lane {d.meta(obs.lane)['name']}"))
+
+    def status(phase: str, message: str, *, stable: str | None, canary: str | None = None,
+               step: int | None = None, started: float | None = None, ready: str = "",
+               routes: Mapping[str, str] | None = None) -> Obj:
+        if phase != st.get("phase"):
+            etype = "Warning" if phase == "Failed" else "Normal"
+            events.append((etype, phase, message))
+        return {
+            "phase": phase,
+            "message": message,
+            "observedGeneration": d.meta(gr).get("generation"),
+            "stableRevision": stable,
+            "canaryRevision": canary,
+            "currentStep": step,
+            "stepLabel": f"{min(step + 1, len(steps))}/{len(steps)}" if step is not None else None,
+            "stepStartedAt": iso(started) if started is not None else None,
+            "ready": ready or None,
+            "routes": dict(routes or {}),
+            "conditions": conditions(st.get("conditions"), conds, iso(obs.now)),
+        }
+
+    def cleanup(stable: str | None, restore_template: Obj | None, in_progress_phase: str) -> Plan:
+        """Drop the member, (restore the base template,) delete gray objects, unpin, unpause."""
+        acts: list[Action] = [Action("table")]
+        wait = False
+        base_paused_by_us = base is not None and bool((base.get("spec") or {}).get("paused")) and \
+            n.PAUSED_BY_ANN in d.annotations_of(base)
+        if base is not None and restore_template is not None:
+            acts.append(Action("jsonpatch", "Deployment", d.meta(base)["name"], [
+                {"op": "replace", "path": "/spec/template", "value": restore_template},
+                {"op": "add", "path": "/spec/paused", "value": False},
+            ]))
+            acts.append(Action("patch", "Deployment", d.meta(base)["name"],
+                               {"metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
+            wait = True
+        elif base_paused_by_us:
+            acts.append(Action("patch", "Deployment", d.meta(base)["name"],
+                               {"spec": {"paused": False}, "metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
+            wait = True
+        for dep in stale_grays:
+            acts.append(Action("delete", "Deployment", d.meta(dep)["name"]))
+        leftovers = own_gray is not None or bool(own_lane_svcs)
+        if leftovers and base is not None and (wait or not rolled_out(base)):
+            # keep the gray pods serving until the base has rolled (promote) / settled (rollback)
+            wait = True
+        else:
+            if own_gray is not None:
+                acts.append(Action("delete", "Deployment", d.meta(own_gray)["name"]))
+            for s in own_lane_svcs:
+                acts.append(Action("delete", "Service", d.meta(s)["name"]))
+            if obs.gray_pods > 0 or own_gray is not None:
+                wait = True          # restore selectors only once no gray pod is left
+            else:
+                for s in pinned:
+                    patch = d.unpin_patch(s)
+                    if patch:
+                        acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
+        if deleting and base is not None and not wait:
+            bl, ba = d.labels_of(base), d.annotations_of(base)
+            if bl.get(n.RELEASE_LABEL) == name or n.STABLE_ANN in ba or n.PAUSED_BY_ANN in ba:
+                acts.append(Action("patch", "Deployment", d.meta(base)["name"], {"metadata": {
+                    "labels": {n.RELEASE_LABEL: None},
+                    "annotations": {n.STABLE_ANN: None, n.PAUSED_BY_ANN: None}}}))
+        ann = d.annotations_of(gr)
+        if not deleting and (n.APPROVE_ANN in ann or n.ROLLBACK_ANN in ann) and not wait:
+            acts.append(Action("patch-release", "GrayRelease", name,
+                               {"metadata": {"annotations": {n.APPROVE_ANN: None, n.ROLLBACK_ANN: None}}}))
+        busy = wait or any(a.verb not in ("table", "patch-release") for a in acts)
+        if base is None:
+            phase, message = "Failed", (f"Deployment {workload!r} not found (workloadRef apps/v1 Deployment); "
+                                        f"waiting for it to exist")
+        elif busy:
+            phase = in_progress_phase
+            message = ("promoting: waiting for the base Deployment to roll to the new template"
+                       if in_progress_phase == "Promoting" else
+                       "removing gray objects and restoring base Services")
+        else:
+            phase, message = "Healthy", f"stable revision {stable}"
+        if deleting:
+            message = "deleting: " + ("cleaning up" if busy else "done")
+        return Plan(acts, {}, status(phase, message, stable=stable), events, done=not busy,
+                    requeue=0.5 if busy else None)
+
+    # ---- workload missing: clean what is ours, say so clearly, wait for it.
+    if base is None:
+        conds.append(("WorkloadFound", "False", "DeploymentNotFound",
+                      f"Deployment {workload!r} not found in namespace {d.meta(gr).get('namespace')!r}"))
+        return cleanup(st.get("stableRevision"), None, "Failed")
+    conds.append(("WorkloadFound", "True", "DeploymentFound", f"Deployment {workload}"))
+
+    if obs.other_targeting and not deleting:
+        conds.append(("Ready", "False", "AlreadyTargeted",
+                      f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}"))
+        return Plan([Action("table")], {}, status(
+            "Failed", f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}",
+            stable=None), events)
+
+    base_name = d.meta(base)["name"]
+    bspec = base.get("spec") or {}
+    current = d.template_hash(bspec.get("template"))
+    bann, blabels = d.annotations_of(base), d.labels_of(base)
+    stable = bann.get(n.STABLE_ANN)
+    stable_rs = stable_replicaset(obs.replicasets, base, stable) if stable else None
+
+    # ---- deletion: leave the base on its stable template, unpaused, untouched otherwise.
+    if deleting:
+        restore = None
+        if stable and current != stable and stable_rs is not None:
+            restore = d.replicaset_template(stable_rs)
+        return cleanup(stable, restore, "RollingBack")
+
+    # ---- make the Deployment a target (label for the webhook) and record the stable template.
+    ensure: Obj = {}
+    if blabels.get(n.RELEASE_LABEL) != name:
+        ensure.setdefault("metadata", {})["labels"] = {n.RELEASE_LABEL: name}
+    if not stable:
+        stable = current
+        ensure.setdefault("metadata", {})["annotations"] = {n.STABLE_ANN: current}
+    pre = [Action("patch", "Deployment", base_name, ensure)] if ensure else []
+
+    if current == stable:
+        phase = "Promoting" if st.get("phase") == "Promoting" else "RollingBack"
+        plan = cleanup(stable, None, phase)
+        plan.actions = pre + plan.actions
+        return plan
+
+    # ---- a new template: canary.
+    ann = d.annotations_of(gr)
+    if ann.get(n.ROLLBACK_ANN) == current:
+        if stable_rs is None:
+            conds.append(("Ready", "False", "StableRevisionMissing",
+                          f"no ReplicaSet of {base_name} has the stable template {stable}"))
+            return Plan(pre + [Action("table")], {}, status(
+                "Failed", f"cannot roll back: stable ReplicaSet for revision {stable} not found",
+                stable=stable, canary=current), events)
+        plan = cleanup(stable, d.replicaset_template(stable_rs), "RollingBack")
+        plan.actions = pre + plan.actions
+        plan.status["canaryRevision"] = current
+        return plan
+
+    if not bspec.get("paused"):
+        # the webhook was down / bypassed: stop the base rolling now, and say so
+        pre.append(Action("patch", "Deployment", base_name,
+                          {"spec": {"paused": True}, "metadata": {"annotations": {n.PAUSED_BY_ANN: "controller"}}}))
+        events.append(("Warning", "WebhookBypassed",
+                       f"Deployment {base_name} changed its template without being paused; paused it now"))
+
+    if stable_rs is None:
+        conds.append(("Ready", "False", "StableRevisionMissing",
+                      f"no ReplicaSet of {base_name} has the stable template {stable}"))
+        return Plan(pre + [Action("table")], {}, status(
+            "Failed", f"stable ReplicaSet for revision {stable} not found", stable=stable, canary=current),
+            events, requeue=1.0)
+    stable_pth = d.labels_of(stable_rs).get(n.POD_TEMPLATE_HASH) or \
+        ((stable_rs.get("spec") or {}).get("selector") or {}).get("matchLabels", {}).get(n.POD_TEMPLATE_HASH)
+    stable_labels = (d.replicaset_template(stable_rs).get("metadata") or {}).get("labels") or {}
+    services = d.workload_services(obs.services, stable_labels)
+    if not (stable_rs.get("status") or {}).get("availableReplicas") and not \
+            (stable_rs.get("spec") or {}).get("replicas"):
+        # the stable pods are gone (e.g. the webhook was bypassed and the rollout finished at once):
+        # pinning would leave the base Service without endpoints, so do not pin; say so
+        stable_pth = None
+        conds.append(("BasePinned", "False", "StablePodsMissing",
+                      f"no stable pods of {base_name} are left; base Services were not pinned"))
+
+    # ---- steps
+    same = st.get("canaryRevision") == current
+    step = st.get("currentStep") if same and isinstance(st.get("currentStep"), int) else 0
+    started = parse_iso(st.get("stepStartedAt")) if same else None
+    promoting = same and st.get("phase") == "Promoting"
+    if not promoting and step < len(steps) and ann.get(n.APPROVE_ANN) == f"{current}/{step}":
+        step, started = step + 1, obs.now
+        events.append(("Normal", "Approved", f"step {step}/{len(steps)} approved"))
+    while not promoting and step < len(steps) and started is not None:
+        duration = ((steps[step] or {}).get("pause") or {}).get("duration")
+        if duration is None:
+            break
+        if obs.now - started >= duration:
+            step, started = step + 1, started + duration
+        else:
+            requeue = started + duration - obs.now
+            break
+
+    if promoting or step >= len(steps):
+        # 1) drop the member from the lane table, 2) roll the base (unpin its Services at the same time,
+        # the gray pods run the approved version), 3) gray objects go on the next passes (cleanup()).
+        acts = pre + [Action("table")]
+        for s in pinned:
+            patch = d.unpin_patch(s)
+            if patch:
+                acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
+        acts.append(Action("patch", "Deployment", base_name, {
+            "metadata": {"annotations": {n.STABLE_ANN: current, n.PAUSED_BY_ANN: None}},
+            "spec": {"paused": False}}))
+        return Plan(acts, {}, status("Promoting", "promoting: rolling the base Deployment to the new template",
+                                     stable=stable, canary=current, step=len(steps) - 1), events, requeue=0.5)
+
+    # ---- pin base Services to the stable pods, then the gray Deployment and the lane Services.
+    acts = list(pre)
+    others = [dep for dep in obs.deployments
+              if d.meta(dep).get("name") not in (base_name, d.lane_name(base_name, tag))
+              and not d.labels_of(dep).get(n.OWNER_LABEL)]
+    for s in services:
+        sel = d.original_selector(s)
+        shared = [d.meta(dep)["name"] for dep in others if d.selects(
+            sel, ((((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}))]
+        if shared:
+            # pinning by pod-template-hash would cut the other workloads off this Service: do not pin
+            conds.append(("BasePinned", "False", "SharedService",
+                          f"Service {d.meta(s)['name']} also selects {', '.join(shared)}; not pinned, so base "
+                          f"traffic through it may reach gray pods"))
+            continue
+        patch = d.pin_patch(s, stable_pth, name) if stable_pth else None
+        if patch:
+            acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
+    for s in pinned:
+        if all(d.meta(s)["name"] != d.meta(x)["name"] for x in services):
+            patch = d.unpin_patch(s)
+            if patch:
+                acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
+
+    replicas = int((steps[step] or {}).get("replicas") or spec.get("replicas") or 1)
+    want = d.gray_deployment(base, gr, obs.lane, tag, replicas)
+    gray_current = False
+    if gray_conflict:
+        conds.append(("CanaryAvailable", "False", "NameConflict",
+                      f"Deployment {want['metadata']['name']} exists and is not owned by this GrayRelease"))
+    elif own_gray is None:
+        acts.append(Action("create", "Deployment", want["metadata"]["name"], want))
+    elif d.annotations_of(own_gray).get(n.SPEC_HASH_ANN) != want["metadata"]["annotations"][n.SPEC_HASH_ANN]:
+        if ((own_gray.get("spec") or {}).get("selector") or {}) != want["spec"]["selector"]:
+            acts.append(Action("delete", "Deployment", want["metadata"]["name"]))
+        else:
+            acts.append(Action("update", "Deployment", want["metadata"]["name"], want))
+    else:
+        gray_current = True
+
+    for dep in stale_grays:
+        acts.append(Action("delete", "Deployment", d.meta(dep)["name"]))
+
+    lane_targets: dict[str, str] = {}
+    wanted_svc_names = set()
+    for s in services:
+        ls = d.lane_service(s, gr, tag)
+        lname = ls["metadata"]["name"]
+        wanted_svc_names.add(lname)
+        obs_ls = svc_by_name.get(lname)
+        if obs_ls is None:
+            acts.append(Action("create", "Service", lname, ls))
+        elif not d.owned_by(obs_ls, gr):
+            conds.append(("LaneServices", "False", "NameConflict",
+                          f"Service {lname} exists and is not owned by this GrayRelease"))
+            continue
+        elif d.service_differs(obs_ls, ls):
+            acts.append(Action("update", "Service", lname, ls))
+        lane_targets[d.meta(s)["name"]] = lname
+    for s in own_lane_svcs:
+        if d.meta(s)["name"] not in wanted_svc_names:
+            acts.append(Action("delete", "Service", d.meta(s)["name"]))
+
+    gst = (own_gray or {}).get("status") or {}
+    avail_n = int(gst.get("availableReplicas") or 0)
+    fully = own_gray is not None and gray_current and available(own_gray, replicas)
+    kept = own_gray is not None and same and bool(st.get("routes")) and avail_n >= 1
+    routed = bool(lane_targets) and (fully or kept)
+    routes = lane_targets if routed else {}
+    acts.append(Action("table"))
+    if own_gray is not None:
+        conds.append(("CanaryAvailable", "True" if fully else "False",
+                      "Available" if fully else "Progressing", f"{avail_n}/{replicas} gray replicas available"))
+    elif not gray_conflict:
+        conds.append(("CanaryAvailable", "False", "Creating", f"creating Deployment {want['metadata']['name']}"))
+    if not services:
+        conds.append(("LaneServices", "False", "NoService",
+                      f"no Service selects the pods of {base_name}; nothing to publish in the lane table"))
+
+    ready = f"{avail_n}/{replicas}"
+    if (fully or kept) and started is None:
+        started = obs.now
+    if gray_conflict:
+        phase, message = "Failed", f"Deployment {want['metadata']['name']} exists and is not ours"
+    elif not (fully or kept):
+        phase, message = "Progressing", f"waiting for gray Deployment {want['metadata']['name']} ({ready} available)"
+        started = None
+    else:
+        duration = ((steps[step] or {}).get("pause") or {}).get("duration")
+        phase = "Paused"
+        if duration is None:
+            message = (f"step {step + 1}/{len(steps)}: waiting for approval "
+                       f"(kubectl-graybaggage approve {name})")
+        else:
+            left = max(0, int(round((started or obs.now) + duration - obs.now)))
+            message = f"step {step + 1}/{len(steps)}: pausing {duration}s ({left}s left)"
+            requeue = max(0.5, float(left))
+    return Plan(acts, routes, status(phase, message, stable=stable, canary=current, step=step, started=started,
+                                     ready=ready, routes=routes), events, requeue=requeue)

@@ -1,0 +1,284 @@
+"""The I/O half of reconciliation: observe -> `plan.plan_release` (pure) -> apply the plan's actions
+in order -> write status last.
+
+All work for one namespace is serialised by a lock, so the lane table (one per namespace, merged from all
+GrayReleases and Lanes) is always built from a consistent view. The table write also uses resourceVersion
+with conflict retries, so a second controller cannot lose an update either.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from . import desired as d
+from . import names as n
+from .kube import JSONPATCH, MERGE, Kube, KubeError
+from .plan import Action, Observed, Plan, plan_release
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict, str, str, str], None]   # (object, type, reason, message)
+
+
+def _status_view(status: dict | None) -> dict:
+    s = copy.deepcopy(status or {})
+    s.pop("kopf", None)
+    for c in s.get("conditions") or []:
+        c.pop("lastTransitionTime", None)
+    return {k: v for k, v in s.items() if v not in (None, {}, [], "")}
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, events: EventSink | None = None, clock: Callable[[], float] = time.time):
+        self.kube = kube
+        self.events = events or (lambda obj, etype, reason, message: None)
+        self.clock = clock
+        self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, namespace: str) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(namespace, threading.RLock())
+
+    # ------------------------------------------------------------------------------------ GrayRelease
+    def observe(self, gr: dict) -> Observed:
+        ns = d.meta(gr)["namespace"]
+        spec = gr.get("spec") or {}
+        tag = spec.get("lane") or ""
+        workload = (spec.get("workloadRef") or {}).get("name") or ""
+        deployments = self.kube.list("Deployment", ns)
+        by_name = {d.meta(x)["name"]: x for x in deployments}
+        base = by_name.get(workload) if workload else None
+        gray = by_name.get(d.lane_name(workload, tag)) if workload else None
+        replicasets: list[dict] = []
+        gray_pods = 0
+        other = None
+        if base is not None:
+            sel = ((base.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            replicasets = self.kube.list("ReplicaSet", ns, ",".join(f"{k}={v}" for k, v in sel.items()) or None)
+            gsel = dict(sel, **{n.LANE_LABEL: tag})
+            gray_pods = len(self.kube.list("Pod", ns, ",".join(f"{k}={v}" for k, v in gsel.items())))
+            holder = d.labels_of(base).get(n.RELEASE_LABEL)
+            if holder and holder != d.meta(gr)["name"]:
+                other_gr = self.kube.get("GrayRelease", ns, holder)
+                if other_gr is not None and not d.meta(other_gr).get("deletionTimestamp") and \
+                        ((other_gr.get("spec") or {}).get("workloadRef") or {}).get("name") == workload:
+                    other = holder
+        elif gray is not None:
+            gsel = ((gray.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            gray_pods = len(self.kube.list("Pod", ns, ",".join(f"{k}={v}" for k, v in gsel.items())))
+        services = self.kube.list("Service", ns)
+        lanes = [x for x in self.kube.list("Lane", ns)
+                 if (x.get("spec") or {}).get("tag") == tag and not d.meta(x).get("deletionTimestamp")]
+        lanes.sort(key=lambda o: (d.meta(o).get("creationTimestamp") or "", d.meta(o)["name"]))
+        return Observed(release=gr, base=base, replicasets=replicasets, gray=gray, gray_pods=gray_pods,
+                        services=services, lane=lanes[0] if lanes else None, now=self.clock(),
+                        other_targeting=other, deployments=deployments)
+
+    def reconcile_release(self, namespace: str, name: str) -> Plan | None:
+        """One idempotent pass for a GrayRelease. Returns the plan (None if the object is gone)."""
+        with self.lock(namespace):
+            gr = self.kube.get("GrayRelease", namespace, name)
+            if gr is None:
+                self.sync_table(namespace)
+                return None
+            gr.setdefault("apiVersion", n.API_VERSION)
+            gr.setdefault("kind", "GrayRelease")
+            deleting = bool(d.meta(gr).get("deletionTimestamp"))
+            if not deleting and not self._ensure_finalizer("GrayRelease", gr):
+                return None
+            plan = plan_release(self.observe(gr))
+            self.execute(gr, plan)
+            if deleting and plan.done:
+                plan.done = self._release_finalizer("GrayRelease", gr)
+            return plan
+
+    # our own finalizer (not kopf's): added before we create anything, removed once cleanup is done
+    def _ensure_finalizer(self, kind: str, obj: dict) -> bool:
+        fins = list(d.meta(obj).get("finalizers") or [])
+        if n.FINALIZER in fins:
+            return True
+        try:
+            updated = self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"metadata": {
+                "finalizers": fins + [n.FINALIZER], "resourceVersion": d.meta(obj)["resourceVersion"]}})
+        except KubeError as e:
+            if e.status in (404, 409):
+                return False        # changed or gone under us: the next event retries
+            raise
+        obj["metadata"] = updated["metadata"]
+        return True
+
+    def _release_finalizer(self, kind: str, obj: dict) -> bool:
+        """Remove our finalizer (retrying on conflicts); True once it is gone (or the object is)."""
+        for _attempt in range(10):
+            current = self.kube.get(kind, d.meta(obj)["namespace"], d.meta(obj)["name"])
+            if current is None:
+                return True
+            fins = list(d.meta(current).get("finalizers") or [])
+            if n.FINALIZER not in fins:
+                return True
+            fins = [f for f in fins if f != n.FINALIZER]
+            try:
+                self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"metadata": {
+                    "finalizers": fins or None, "resourceVersion": d.meta(current)["resourceVersion"]}})
+                return True
+            except KubeError as e:
+                if e.status == 404:
+                    return True
+                if e.status != 409:
+                    raise
+        return False
+
+    def execute(self, gr: dict, plan: Plan) -> None:
+        ns, name = d.meta(gr)["namespace"], d.meta(gr)["name"]
+        for act in plan.actions:
+            self._apply(ns, name, act, plan)
+        for etype, reason, message in plan.events:
+            try:
+                self.events(gr, etype, reason, message)
+            except Exception:  # events are best effort
+                log.debug("event not posted", exc_info=True)
+        if _status_view(gr.get("status")) != _status_view(plan.status):
+            body = {"status": dict(plan.status)}
+            old = gr.get("status") or {}
+            for key in old:
+                if key not in body["status"] and key != "kopf":
+                    body["status"][key] = None
+            if old.get("routes"):
+                # merge patch merges maps: drop old routes explicitly
+                body["status"]["routes"] = {**{k: None for k in old["routes"] if k not in plan.routes},
+                                            **plan.routes} or None
+            try:
+                self.kube.patch("GrayRelease", ns, name, body, sub="status")
+            except KubeError as e:
+                if e.status != 404:
+                    raise
+
+    def _apply(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        k = self.kube
+        if act.verb != "table":
+            log.info("%s/%s: %s %s %s %s", ns, release, act.verb, act.kind, act.name,
+                     json.dumps(act.body)[:300] if act.verb in ("patch", "patch-release") else "")
+        if act.verb == "table":
+            self.sync_table(ns, overrides={release: plan.routes})
+        elif act.verb == "create":
+            try:
+                k.create(act.kind, ns, act.body)
+            except KubeError as e:
+                if e.status != 409:
+                    raise
+        elif act.verb == "update":
+            current = k.get(act.kind, ns, act.name)
+            if current is None:
+                k.create(act.kind, ns, act.body)
+                return
+            body = copy.deepcopy(current)
+            body.pop("status", None)
+            m = body["metadata"]
+            m["labels"] = {**(m.get("labels") or {}), **act.body["metadata"].get("labels", {})}
+            m["annotations"] = {**(m.get("annotations") or {}), **act.body["metadata"].get("annotations", {})}
+            m["ownerReferences"] = act.body["metadata"]["ownerReferences"]
+            if act.kind == "Service":
+                body["spec"]["ports"] = act.body["spec"]["ports"]
+                body["spec"]["selector"] = act.body["spec"]["selector"]
+            else:
+                body["spec"] = act.body["spec"]
+            k.replace(act.kind, ns, act.name, body)
+        elif act.verb == "delete":
+            k.delete(act.kind, ns, act.name)
+        elif act.verb == "patch":
+            try:
+                k.patch(act.kind, ns, act.name, act.body, MERGE)
+            except KubeError as e:
+                if e.status != 404:
+                    raise
+        elif act.verb == "jsonpatch":
+            k.patch(act.kind, ns, act.name, act.body, JSONPATCH)
+        elif act.verb == "patch-release":
+            k.patch("GrayRelease", ns, act.name, act.body, MERGE)
+        else:  # pragma: no cover
+            raise ValueError(act.verb)
+
+    # ------------------------------------------------------------------------------------ lane table
+    def sync_table(self, namespace: str, overrides: dict[str, dict[str, str]] | None = None) -> dict | None:
+        """Rebuild the namespace's lane table from all Lanes and GrayReleases; write only if it changed."""
+        with self.lock(namespace):
+            for _attempt in range(8):
+                lanes = self.kube.list("Lane", namespace)
+                releases = self.kube.list("GrayRelease", namespace)
+                want = d.build_lane_table(namespace, lanes, releases, overrides)
+                cm = self.kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)
+                if cm is not None and d.labels_of(cm).get(n.MANAGED_BY_LABEL) != n.MANAGED_BY:
+                    log.warning("ConfigMap %s/%s is not managed by graybaggage; not touching it",
+                                namespace, n.TABLE_CONFIGMAP)
+                    return None
+                try:
+                    if not want["lanes"]:
+                        if cm is not None:
+                            self.kube.delete("ConfigMap", namespace, n.TABLE_CONFIGMAP,
+                                             resource_version=d.meta(cm).get("resourceVersion"))
+                        return None
+                    current = d.parse_lane_table((cm or {}).get("data", {}).get(n.TABLE_KEY))
+                    if d.same_table(current, want):
+                        return current
+                    try:
+                        revision = int((current or {}).get("revision", 0)) + 1
+                    except (TypeError, ValueError):
+                        revision = 1
+                    body = d.lane_table_configmap(namespace, d.render_lane_table(want, revision))
+                    if cm is None:
+                        self.kube.create("ConfigMap", namespace, body)
+                    else:
+                        merged = copy.deepcopy(cm)
+                        merged["data"] = {**(cm.get("data") or {}), **body["data"]}
+                        self.kube.replace("ConfigMap", namespace, n.TABLE_CONFIGMAP, merged)
+                    log.info("lane table %s/%s revision %s: %s", namespace, n.TABLE_CONFIGMAP, revision,
+                             json.dumps(want["lanes"], sort_keys=True))
+                    return want
+                except KubeError as e:
+                    if e.status in (409, 404):   # conflict / raced create or delete: rebuild and retry
+                        continue
+                    raise
+            raise RuntimeError(f"could not write lane table in {namespace} (conflicts)")
+
+    # ------------------------------------------------------------------------------------ Lane
+    def reconcile_lane(self, namespace: str, name: str) -> bool:
+        """Returns True when a deleting Lane has been released."""
+        with self.lock(namespace):
+            lane = self.kube.get("Lane", namespace, name)
+            if lane is not None and d.meta(lane).get("deletionTimestamp"):
+                self.sync_table(namespace)          # the builder skips Lanes being deleted
+                return self._release_finalizer("Lane", lane)
+            if lane is not None and self._ensure_finalizer("Lane", lane):
+                releases = self.kube.list("GrayRelease", namespace)
+                want = d.lane_status(lane, releases)
+                if _status_view(lane.get("status")) != _status_view(want):
+                    try:
+                        self.kube.patch("Lane", namespace, name, {"status": want}, sub="status")
+                    except KubeError as e:
+                        if e.status != 404:
+                            raise
+            self.sync_table(namespace)
+            return lane is None
+
+    # ------------------------------------------------------------------------------------ webhook config
+    def apply_webhook_configuration(self, body: dict) -> None:
+        name = body["metadata"]["name"]
+        current = self.kube.get("MutatingWebhookConfiguration", None, name)
+        if current is None:
+            try:
+                self.kube.create("MutatingWebhookConfiguration", None, body)
+                return
+            except KubeError as e:
+                if e.status != 409:
+                    raise
+                current = self.kube.get("MutatingWebhookConfiguration", None, name)
+        merged = copy.deepcopy(current)
+        merged["webhooks"] = body["webhooks"]
+        merged.setdefault("metadata", {}).setdefault("labels", {}).update(body["metadata"].get("labels") or {})
+        self.kube.replace("MutatingWebhookConfiguration", None, name, merged)

@@ -1,0 +1,195 @@
+"""Pure unit tests of the controller's desired-state builders (no cluster)."""
+
+import copy
+import json
+
+from graybaggage_controller import desired as d
+from graybaggage_controller import names as n
+
+NS = "demo"
+
+
+def deployment(name="spring-cloud-a", image="a:1", uid="uid-a"):
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS, "uid": uid, "generation": 1},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": {"msePilotCreateAppName": name}},
+                "spec": {"containers": [{"name": name, "image": image,
+                                         "env": [{"name": "JAVA_HOME", "value": "/jre"}]}]},
+            },
+            "strategy": {"type": "RollingUpdate"},
+        },
+    }
+
+
+def release(name="rollout-a", workload="spring-cloud-a", lane="gray", **spec):
+    return {"apiVersion": n.API_VERSION, "kind": "GrayRelease",
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
+            "spec": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload},
+                     "lane": lane, "replicas": 1, **spec}}
+
+
+def service(name="spring-cloud-a", selector=None):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+            "spec": {"selector": selector or {"app": name},
+                     "ports": [{"name": "http", "port": 20001, "targetPort": 20001, "protocol": "TCP"}]}}
+
+
+def test_template_hash_ignores_pod_template_hash_and_creation_timestamp():
+    t = deployment()["spec"]["template"]
+    rs_t = copy.deepcopy(t)
+    rs_t["metadata"]["labels"][n.POD_TEMPLATE_HASH] = "abc"
+    rs_t["metadata"]["creationTimestamp"] = None
+    assert d.template_hash(t) == d.template_hash(rs_t)
+    assert d.template_hash(t) == d.template_hash(d.replicaset_template({"spec": {"template": rs_t}}))
+    t2 = deployment(image="a:2")["spec"]["template"]
+    assert d.template_hash(t) != d.template_hash(t2)
+
+
+def test_gray_deployment_labels_env_replicas_owner():
+    base = deployment(image="a:2")
+    gr = release(patchPodTemplateMetadata={"labels": {"team": "x"}, "annotations": {"note": "gray"}})
+    g = d.gray_deployment(base, gr, None, "gray", 3)
+    assert g["metadata"]["name"] == "spring-cloud-a-gray"
+    assert g["spec"]["replicas"] == 3
+    assert g["spec"]["selector"]["matchLabels"] == {"app": "spring-cloud-a", n.LANE_LABEL: "gray"}
+    labels = g["spec"]["template"]["metadata"]["labels"]
+    assert labels == {"app": "spring-cloud-a", "team": "x", n.LANE_LABEL: "gray",
+                      "alicloud.service.tag": "gray", "opensergo.io/canary-gray": "gray"}
+    assert g["spec"]["template"]["metadata"]["annotations"]["note"] == "gray"
+    env = g["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": n.LANE_ENV, "value": "gray"} in env and {"name": "JAVA_HOME", "value": "/jre"} in env
+    assert g["spec"]["template"]["spec"]["containers"][0]["image"] == "a:2"
+    ref = g["metadata"]["ownerReferences"][0]
+    assert ref["kind"] == "GrayRelease" and ref["uid"] == "uid-rollout-a" and ref["controller"] is True
+    assert g["metadata"]["annotations"][n.SPEC_HASH_ANN]
+    # the base object is not modified
+    assert n.LANE_ENV not in json.dumps(base)
+    # idempotent: same inputs, same hash
+    assert d.gray_deployment(base, gr, None, "gray", 3) == g
+
+
+def test_lane_pod_labels_from_lane_spec():
+    lane = {"spec": {"tag": "gray", "podLabels": {"version": "canary"}}}
+    assert d.lane_pod_labels(lane, "gray") == {"version": "canary", n.LANE_LABEL: "gray"}
+    assert d.lane_pod_labels(None, "blue") == d.default_pod_labels("blue")
+
+
+def test_workload_services_and_lane_service():
+    svcs = [service("spring-cloud-a"), service("other", {"app": "other"}), service("empty", {}),
+            {**service("spring-cloud-a-gray", {"app": "spring-cloud-a", n.LANE_LABEL: "gray"}),
+             "metadata": {"name": "spring-cloud-a-gray", "labels": {n.OWNER_LABEL: "rollout-a"}}}]
+    found = d.workload_services(svcs, {"app": "spring-cloud-a"})
+    assert [s["metadata"]["name"] for s in found] == ["spring-cloud-a"]
+    ls = d.lane_service(found[0], release(), "gray")
+    assert ls["metadata"]["name"] == "spring-cloud-a-gray"
+    assert ls["spec"]["selector"] == {"app": "spring-cloud-a", n.LANE_LABEL: "gray"}
+    assert ls["spec"]["ports"] == [{"name": "http", "port": 20001, "targetPort": 20001, "protocol": "TCP"}]
+    assert not d.service_differs({**ls, "spec": {**ls["spec"], "clusterIP": "10.0.0.9"}}, ls)
+
+
+def test_pin_and_unpin_round_trip():
+    svc = service()
+    patch = d.pin_patch(svc, "5d8f", "rollout-a")
+    assert patch["spec"]["selector"] == {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: "5d8f"}
+    pinned = {"metadata": {"name": "spring-cloud-a", "annotations": {
+        k: v for k, v in patch["metadata"]["annotations"].items()}},
+        "spec": {"selector": {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: "5d8f"}}}
+    assert d.pin_patch(pinned, "5d8f", "rollout-a") is None          # idempotent
+    assert d.original_selector(pinned) == {"app": "spring-cloud-a"}
+    # a pinned Service still "selects" the workload by its original selector
+    assert d.workload_services([pinned], {"app": "spring-cloud-a"})
+    un = d.unpin_patch(pinned)
+    assert un["spec"]["selector"] == {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: None}
+    assert un["metadata"]["annotations"] == {n.ORIGINAL_SELECTOR_ANN: None, n.PINNED_BY_ANN: None}
+    assert d.unpin_patch(svc) is None
+
+
+def test_lane_table_follows_docs_format():
+    lanes = [{"metadata": {"name": "gray", "creationTimestamp": "2026-01-01T00:00:00Z"},
+              "spec": {"tag": "gray", "header": "x-mse-tag", "fallback": "strict"}},
+             {"metadata": {"name": "gone", "deletionTimestamp": "x"}, "spec": {"tag": "gone"}}]
+    a = release("rollout-a", "spring-cloud-a")
+    a["status"] = {"routes": {"spring-cloud-a": "spring-cloud-a-gray"}}
+    b = release("rollout-b", "spring-cloud-b")
+    c = release("rollout-c", "spring-cloud-c")
+    orphan = release("rollout-x", "x", lane="nolane")
+    orphan["status"] = {"routes": {"x": "x-nolane"}}
+    t = d.build_lane_table(NS, lanes, [a, b, c, orphan], {"rollout-c": {"spring-cloud-c": "spring-cloud-c-gray"}})
+    assert t == {"version": 1, "namespace": NS, "lanes": {"gray": {"fallback": "strict", "routes": {
+        "spring-cloud-a": "spring-cloud-a-gray", "spring-cloud-c": "spring-cloud-c-gray"}}}}
+    text = d.render_lane_table(t, 7)
+    parsed = json.loads(text)
+    assert parsed["revision"] == "7" and parsed["version"] == 1
+    assert d.same_table(parsed, t)
+    cm = d.lane_table_configmap(NS, text)
+    assert cm["metadata"]["name"] == "graybaggage-lanes" and list(cm["data"]) == ["lanes.json"]
+    assert cm["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "graybaggage"}
+
+
+def test_lane_table_matches_library_schema_if_available():
+    import pathlib
+    schema_path = pathlib.Path(__file__).resolve().parents[2] / "graybaggage" / "schema" / "lane-table.schema.json"
+    if not schema_path.exists():
+        import pytest
+        pytest.skip("library schema not present")
+    try:
+        import jsonschema
+    except ImportError:
+        import pytest
+        pytest.skip("jsonschema not installed")
+    t = d.build_lane_table(NS, [{"metadata": {"name": "gray"}, "spec": {"tag": "gray", "entry": {"rules": []}}}],
+                           [], {})
+    jsonschema.validate(json.loads(d.render_lane_table(t, 1)), json.loads(schema_path.read_text()))
+
+
+def test_webhook_patch_only_for_changed_templates_of_targeted_deployments():
+    dep = deployment()
+    assert d.webhook_patch(dep) is None                           # not targeted
+    dep["metadata"]["labels"] = {n.RELEASE_LABEL: "rollout-a"}
+    assert d.webhook_patch(dep) is None                           # no stable recorded yet
+    dep["metadata"]["annotations"] = {n.STABLE_ANN: d.template_hash(dep["spec"]["template"])}
+    assert d.webhook_patch(dep) is None                           # stable template
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "a:2"
+    assert d.webhook_patch(dep) == {"spec": {"paused": True},
+                                    "metadata": {"annotations": {n.PAUSED_BY_ANN: "webhook"}}}
+    dep["spec"]["paused"] = True
+    assert d.webhook_patch(dep) is None
+
+
+def test_webhook_configuration_is_narrow():
+    cfg = d.webhook_configuration("gb", {"url": "https://127.0.0.1:9443", "caBundle": "Q0E="}, ["demo"])
+    wh = cfg["webhooks"][0]
+    assert wh["clientConfig"]["url"] == "https://127.0.0.1:9443/" + n.WEBHOOK_HANDLER_ID
+    assert wh["failurePolicy"] == "Ignore"
+    assert wh["rules"][0]["operations"] == ["UPDATE"] and wh["rules"][0]["resources"] == ["deployments"]
+    assert wh["objectSelector"] == {"matchExpressions": [{"key": n.RELEASE_LABEL, "operator": "Exists"}]}
+    assert wh["namespaceSelector"]["matchExpressions"][0]["values"] == ["demo"]
+
+
+def test_lane_status_members():
+    lane = {"metadata": {"name": "gray", "generation": 2}, "spec": {"tag": "gray"}}
+    a = release("rollout-a", "spring-cloud-a")
+    a["status"] = {"phase": "Paused", "routes": {"spring-cloud-a": "spring-cloud-a-gray"}}
+    st = d.lane_status(lane, [a, release("rollout-b", "spring-cloud-b"), release("o", "o", lane="blue")])
+    assert st["memberCount"] == 2 and st["routedCount"] == 1
+    assert st["members"][0] == {"release": "rollout-a", "workload": "spring-cloud-a", "phase": "Paused",
+                                "routes": {"spring-cloud-a": "spring-cloud-a-gray"}}
+
+
+def test_lane_table_is_read_by_the_library():
+    import pytest
+    table_mod = pytest.importorskip("graybaggage.table")
+    a = release("rollout-a", "spring-cloud-a")
+    a["status"] = {"routes": {"spring-cloud-a": "spring-cloud-a-gray"}}
+    t = d.build_lane_table(NS, [{"metadata": {"name": "gray"}, "spec": {"tag": "gray", "fallback": "base"}}], [a])
+    lt = table_mod.load_table_text(d.render_lane_table(t, 3), default_namespace="other")
+    route = lt.decide("gray", "spring-cloud-a", 20001, caller_ns=NS)
+    assert route is not None and route.host == "spring-cloud-a-gray" and route.port == 20001
+    assert route.fallback == "base"
+    assert lt.decide("gray", "spring-cloud-b", 20001, caller_ns=NS) is None
+    assert lt.decide("blue", "spring-cloud-a", 20001, caller_ns=NS) is None

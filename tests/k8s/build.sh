@@ -84,7 +84,7 @@ main() {
   fi
 
   log "no cached binaries for this key: building k8s $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION with $GO_VERSION, -p $JOBS"
-  log "(cold: ~10 min on 2 cores; with a warm Go build cache: ~40 s)"
+  log "(cold: ~10 min on 2 cores, up to ~18 min on a busy machine; with a warm Go build cache: ~40 s)"
   log "cache: $CACHE  key: $KEY"
   TMP="$CACHE/bin/.tmp-$KEY-$$"
   rm -rf "$TMP"; mkdir -p "$TMP"

@@ -24,25 +24,19 @@ def _aborted(exc: BaseException) -> bool:
 
 
 class _Headers:
-    """Adapts a urllib Request's header store to the mapping interface set_lane_headers expects."""
+    """Adapts a urllib Request's header store to the case-insensitive mapping set_lane_headers expects."""
 
     def __init__(self, req: Any) -> None:
         self.req = req
 
     def get(self, name: str) -> Any:
-        return self.req.get_header(name.capitalize())
-
-    def keys(self) -> list[str]:
-        return list(self.req.headers)
-
-    def __getitem__(self, name: str) -> Any:
-        return self.req.headers[name]
+        return self.req.get_header(name.capitalize())  # urllib stores names capitalize()d
 
     def __setitem__(self, name: str, value: str) -> None:
         self.req.add_header(name, value)
 
     def __delitem__(self, name: str) -> None:
-        self.req.remove_header(name)
+        self.req.remove_header(name.capitalize())
 
 
 def _open(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:

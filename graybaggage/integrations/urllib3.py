@@ -23,11 +23,13 @@ def _is_connect_error(exc: BaseException) -> bool:
 
 
 def _with_lane(headers: Any, instance: Any, lane: str | None, rt: Any) -> Any:
+    from urllib3 import HTTPHeaderDict
+
     if headers is None:
         headers = getattr(instance, "headers", None) or {}
-    if lane is not None and _client._find(headers, rt.settings.header) == lane:
-        return headers  # already carried (requests set it, or a second pass after a redirect)
-    merged = dict(headers)
+    if lane is not None and hasattr(headers, "lower_items") and headers.get(rt.settings.header) == lane:
+        return headers  # already carried (requests set it on its CaseInsensitiveDict)
+    merged = HTTPHeaderDict(headers)  # a copy: the caller's mapping is left alone
     _client.set_lane_headers(merged, lane, rt)
     return merged
 

@@ -1,0 +1,51 @@
+"""The outbound header step on every client's header type: exactly the current lane goes out."""
+from __future__ import annotations
+
+import httpx
+import pytest
+from multidict import CIMultiDict
+from requests.structures import CaseInsensitiveDict
+from urllib3 import HTTPHeaderDict
+
+from graybaggage import config
+from graybaggage._runtime import Runtime
+from graybaggage.integrations._client import _authority, set_lane_headers
+
+KINDS = [CaseInsensitiveDict, HTTPHeaderDict, httpx.Headers, CIMultiDict]
+
+
+@pytest.fixture(params=[False, True], ids=["service", "edge"])
+def rt(request):
+    return Runtime(config.load_settings({}, edge=request.param))
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_lane_overwrites_hand_forwarded_values(kind, rt):
+    h = kind({"X-MSE-TAG": "blue", "Baggage": "user=7"})
+    set_lane_headers(h, "gray", rt)
+    assert h.get("x-mse-tag") == "gray"
+    assert h.get("baggage") == "user=7,x-mse-tag=gray"
+    assert len([k for k in h.keys() if k.lower() == "x-mse-tag"]) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_no_lane_edge_strips_copied_tags(kind, rt):
+    h = kind({"X-Mse-Tag": "gray", "baggage": "x-mse-tag=gray,user=7"})
+    set_lane_headers(h, None, rt)
+    if rt.settings.edge:  # a proxying edge must not let a forged tag through
+        assert h.get("x-mse-tag") is None and h.get("baggage") == "user=7"
+    else:  # inside the mesh, what the app forwards is its own business
+        assert h.get("x-mse-tag") == "gray"
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("http://c:20001/x", ("c", 20001)),
+    ("https://C.Default.svc/x?y#z", ("c.default.svc", 443)),
+    ("http://c", ("c", 80)),
+    ("http://user@c/x", None),
+    ("http://[::1]:80/", None),
+    ("http://c:port/", None),
+    ("/relative", None),
+])
+def test_fast_authority_parse(url, expected):
+    assert _authority(url) == expected

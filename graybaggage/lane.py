@@ -90,12 +90,31 @@ def baggage_member(key: str, lane: str) -> str:
     return f"{key}={lane}"
 
 
+def replace_baggage_member(existing: str | None, key: str, lane: str | None) -> str | None:
+    """A ``baggage`` header value whose member for ``key`` (exact key, any case) is ``key=lane``, or is
+    gone when ``lane`` is None; other members are kept in order. None when nothing is left."""
+    if not existing:
+        return baggage_member(key, lane) if lane is not None else None
+    kept = [m.strip() for m in existing.split(",") if m.strip() and m.split("=", 1)[0].strip().lower() != key]
+    if lane is not None:
+        kept.append(baggage_member(key, lane))
+    return ",".join(kept) or None
+
+
+_valid: dict[str, bool] = {}
+
+
 def get_lane(key: str, context: Context | None = None) -> str | None:
     """The lane stored in baggage under ``key`` in ``context`` (default: current), if valid."""
     value = baggage.get_baggage(key, context)
     if value is None:
         return None
-    return value if is_valid_lane(value) else None
+    ok = _valid.get(value)  # type: ignore[call-overload]
+    if ok is None:
+        ok = is_valid_lane(value)
+        if len(_valid) < 256:  # lanes are few; the cache cannot be grown by hostile values without bound
+            _valid[value] = ok  # type: ignore[index]
+    return value if ok else None
 
 
 def set_lane(key: str, lane: str | None, context: Context | None = None) -> Context:

@@ -20,7 +20,7 @@ from opentelemetry.propagators.textmap import (
 
 from graybaggage import config
 from graybaggage._log import log_once
-from graybaggage.lane import baggage_member, get_lane, lane_from_carrier, set_lane
+from graybaggage.lane import get_lane, lane_from_carrier, replace_baggage_member, set_lane
 
 _logger = logging.getLogger(__name__)
 
@@ -84,8 +84,6 @@ class LanePropagator(TextMapPropagator):
 def add_baggage_member(carrier: Any, key: str, lane: str, setter: Setter[Any] = default_setter) -> None:
     """Add ``key=lane`` to the carrier's ``baggage`` header unless it already has an entry for ``key``."""
     existing = carrier.get("baggage") or carrier.get("Baggage")
-    member = baggage_member(key, lane)
-    if not existing:
-        setter.set(carrier, "baggage", member)
-    elif f"{key}=" not in existing.lower():
-        setter.set(carrier, "baggage", f"{existing},{member}")
+    merged = replace_baggage_member(existing, key, lane)
+    if merged != existing:
+        setter.set(carrier, "baggage", merged)

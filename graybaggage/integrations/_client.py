@@ -7,7 +7,7 @@ from typing import Any, Callable, MutableMapping
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from graybaggage import _runtime
-from graybaggage.lane import baggage_member, get_lane
+from graybaggage.lane import baggage_member, get_lane, replace_baggage_member
 from graybaggage.table import Route
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -35,18 +35,21 @@ def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _r
         existing = headers.get("baggage")
         if not existing:
             headers["baggage"] = baggage_member(key, lane)
-        elif f"{key}=" not in existing.lower():
-            headers["baggage"] = f"{existing},{baggage_member(key, lane)}"
+        else:
+            merged = replace_baggage_member(existing, key, lane)
+            if merged != existing:
+                headers["baggage"] = merged
         return
     if rt.settings.edge:
         if headers.get(key) is not None:
             del headers[key]
         existing = headers.get("baggage")
-        if existing and f"{key}=" in existing.lower():
-            kept = [m for m in existing.split(",") if m.split("=", 1)[0].strip().lower() != key]
-            del headers["baggage"]
-            if kept:
-                headers["baggage"] = ",".join(kept)
+        if existing:
+            kept = replace_baggage_member(existing, key, None)
+            if kept != existing:
+                del headers["baggage"]
+                if kept:
+                    headers["baggage"] = kept
 
 
 def _authority(url: str) -> tuple[str, int | None] | None:

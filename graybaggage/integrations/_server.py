@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-from opentelemetry.context import attach, detach, get_current, get_value, set_value
+from opentelemetry.context import attach, detach, get_current, set_value
 
 from graybaggage import _runtime
 from graybaggage._request import ASGIRequestView, WSGIRequestView
@@ -11,25 +11,57 @@ from graybaggage.lane import set_lane
 from graybaggage.propagator import DECIDED_KEY
 
 
+MARK = "graybaggage.lane"
+"""Key set in the WSGI environ / ASGI scope once the lane is decided: nested hooks on the same request
+pass through (a leftover context from another request never counts as "already decided")."""
+
+
 def _enter(lane: str | None, key: str) -> object:
     ctx = set_lane(key, lane, get_current())
     return attach(set_value(DECIDED_KEY, lane or "", ctx))
 
 
+class _LaneBody:
+    """The app's response iterable, iterated in the request's lane; the lane is detached when the server
+    closes it (WSGI calls ``close()`` after the last byte), after the app's own close()."""
+
+    __slots__ = ("_body", "_token")
+
+    def __init__(self, body: Any, token: object) -> None:
+        self._body = body
+        self._token = token
+
+    def __iter__(self) -> Any:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            token, self._token = self._token, None
+            if token is not None:
+                detach(token)
+
+
 def handle_wsgi(environ: dict, call: Callable[[], Any]) -> Any:
-    """Run ``call`` (the WSGI app) with the request's lane attached; nested calls pass through."""
-    if get_value(DECIDED_KEY) is not None:
+    """Run the WSGI app ``call`` with the request's lane attached until its response is closed."""
+    if MARK in environ:
         return call()
     rt = _runtime.get()
     inbound = rt.inbound
     h = environ.get(inbound.wsgi_key)
     lane = inbound.decide([h] if h is not None else None, environ.get("HTTP_BAGGAGE"),
                           lambda: WSGIRequestView(environ))
+    environ[MARK] = lane or ""
     token = _enter(lane, inbound.header)
     try:
-        return call()
-    finally:
+        body = call()
+    except BaseException:
         detach(token)
+        raise
+    return _LaneBody(body, token)
 
 
 def wrap_wsgi_app(app: Any) -> Any:
@@ -46,7 +78,7 @@ def wrap_wsgi_app(app: Any) -> Any:
 
 
 async def handle_asgi(scope: dict, call: Callable[[], Awaitable[Any]]) -> Any:
-    if scope.get("type") not in ("http", "websocket") or get_value(DECIDED_KEY) is not None:
+    if scope.get("type") not in ("http", "websocket") or MARK in scope:
         return await call()
     rt = _runtime.get()
     inbound = rt.inbound
@@ -59,6 +91,7 @@ async def handle_asgi(scope: dict, call: Callable[[], Awaitable[Any]]) -> Any:
         elif name == b"baggage" and bag is None:
             bag = value.decode("latin-1")
     lane = inbound.decide(values, bag, lambda: ASGIRequestView(scope))
+    scope[MARK] = lane or ""
     token = _enter(lane, inbound.header)
     try:
         return await call()

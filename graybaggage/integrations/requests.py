@@ -9,6 +9,7 @@ from typing import Any
 
 from graybaggage._patch import wrap
 from graybaggage.integrations import _client
+from graybaggage.integrations.urllib3 import HANDLED
 from graybaggage.routing import send, strict_error_class
 
 def _is_connect_error(exc: BaseException) -> bool:
@@ -48,6 +49,10 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     request = args[0] if args else kwargs["request"]
     rt, lane = _client.current()
     _client.set_lane_headers(request.headers, lane, rt)
+    try:
+        setattr(request.headers, HANDLED, True)  # the urllib3 pool hook underneath has nothing left to do
+    except AttributeError:  # an unusual header mapping: the pool hook will just check again
+        pass
     route, u = _client.decide(rt, lane, request.url)
     if route is None:
         return wrapped(*args, **kwargs)

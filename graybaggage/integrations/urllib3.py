@@ -8,6 +8,9 @@ from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.routing import send, strict_error_class
 
+HANDLED = "_graybaggage_lane_set"
+"""Attribute the requests integration sets on a request's headers once it has set the lane on them."""
+
 def _is_connect_error(exc: BaseException) -> bool:
     import urllib3.exceptions as ue
 
@@ -27,14 +30,15 @@ def _with_lane(headers: Any, instance: Any, lane: str | None, rt: Any) -> Any:
 
     if headers is None:
         headers = getattr(instance, "headers", None) or {}
-    if lane is not None and hasattr(headers, "lower_items") and headers.get(rt.settings.header) == lane:
-        return headers  # already carried (requests set it on its CaseInsensitiveDict)
     merged = HTTPHeaderDict(headers)  # a copy: the caller's mapping is left alone
     _client.set_lane_headers(merged, lane, rt)
     return merged
 
 
 def _pool_urlopen(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    headers = args[3] if len(args) > 3 else kwargs.get("headers")
+    if getattr(headers, HANDLED, False):  # requests' hook already set exactly the lane headers
+        return wrapped(*args, **kwargs)
     rt, lane = _client.current()
     if lane is None and not rt.settings.edge:
         return wrapped(*args, **kwargs)

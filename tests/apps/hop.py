@@ -142,12 +142,28 @@ def stats() -> bytes:
         return json.dumps({"name": NAME, "lane": INSTANCE, "stats": dict(_stats)}).encode()
 
 
+def __getattr__(name: str):
+    """``otel_wsgi_app``: the plain WSGI app inside OpenTelemetry's WSGI middleware (for gunicorn)."""
+    if name == "otel_wsgi_app":
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+        return OpenTelemetryMiddleware(wsgi_app)
+    raise AttributeError(name)
+
+
 def _wsgi_key(name: str) -> str:
     return "HTTP_" + name.upper().replace("-", "_")
 
 
 def wsgi_app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
+    if path == "/stream":  # a streaming body: produced after the app returned, still inside the request
+        def body():
+            from opentelemetry import baggage
+
+            yield json.dumps({"name": NAME, "lane_while_streaming": baggage.get_baggage(HEADER)}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return body()
     if path == "/stats":
         body = stats()
     elif path == "/otel":

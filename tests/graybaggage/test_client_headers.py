@@ -49,3 +49,16 @@ def test_no_lane_edge_strips_copied_tags(kind, rt):
 ])
 def test_fast_authority_parse(url, expected):
     assert _authority(url) == expected
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+@pytest.mark.parametrize("before,after", [
+    ("x-mse-tag=blue", "x-mse-tag=gray"),                     # a forwarded entry for another lane is replaced
+    ("my-x-mse-tag=1", "my-x-mse-tag=1,x-mse-tag=gray"),       # a key that merely contains ours is not ours
+    ("a=x-mse-tag=blue", "a=x-mse-tag=blue,x-mse-tag=gray"),   # nor is a value that contains it
+    ("a=1, X-MSE-TAG=blue ,b=2", "a=1,b=2,x-mse-tag=gray"),
+])
+def test_baggage_member_is_replaced_exactly(kind, before, after, rt):
+    h = kind({"baggage": before})
+    set_lane_headers(h, "gray", rt)
+    assert h.get("baggage") == after

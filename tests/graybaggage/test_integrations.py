@@ -97,3 +97,27 @@ def test_gunicorn_serving_a_plain_wsgi_app(mode, sink):
         _check(front, sink)
     finally:
         front.kill()
+
+
+def test_no_lane_leaks_between_requests_through_an_inner_otel_middleware(mode, sink):
+    """OpenTelemetry's WSGI middleware detaches after the body is iterated; graybaggage's hook must detach
+    after that too, or the next request on the worker thread inherits the lane."""
+    port = support.free_port()
+    front = support.start("front-otelwsgi", {"HOP_NEXT": sink.url, "PYTHONPATH": str(support.ROOT), **MODES[mode]},
+                          port=port, cmd=[str(support.BIN / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}",
+                                          "tests.apps.hop:otel_wsgi_app"])
+    try:
+        seen = [support.chain_of(support.get(front.url + "/p", {"x-mse-tag": lane} if lane else {}))[-1]["header"]
+                for lane in ("gray", None, "blue", None, None)]
+        assert seen == ["gray", None, "blue", None, None]
+    finally:
+        front.kill()
+
+
+def test_streaming_body_runs_in_the_lane(mode):
+    front = support.start("front-stream", {"HOP_KIND": "wsgi", **MODES[mode]})
+    try:
+        assert support.get(front.url + "/stream", {"x-mse-tag": "gray"})["lane_while_streaming"] == "gray"
+        assert support.get(front.url + "/stream")["lane_while_streaming"] is None
+    finally:
+        front.kill()

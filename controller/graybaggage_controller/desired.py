@@ -265,8 +265,9 @@ def build_lane_table(namespace: str, lanes: Iterable[Mapping[str, Any]],
         if not tag or tag in by_tag:
             continue
         entry: Obj = {"fallback": spec.get("fallback") or "base", "routes": {}}
-        if spec.get("entry") is not None:
-            entry["entry"] = copy.deepcopy(spec["entry"])
+        table_entry = lane_table_entry(spec.get("entry"))
+        if table_entry is not None:
+            entry["entry"] = table_entry
         by_tag[tag] = entry
     for release in sorted(releases, key=lambda o: meta(o).get("name")):
         name = meta(release).get("name")
@@ -276,6 +277,49 @@ def build_lane_table(namespace: str, lanes: Iterable[Mapping[str, Any]],
         routes = overrides[name] if name in overrides else ((release.get("status") or {}).get("routes") or {})
         by_tag[tag]["routes"].update({str(k): str(v) for k, v in routes.items()})
     return {"version": n.TABLE_VERSION, "namespace": namespace, "lanes": by_tag}
+
+
+#: Lane.spec.entry keys that configure entry routing (entry/); everything else is dye-rule data
+ENTRY_ROUTING_KEYS = ("service", "route", "matches", "weight", "requestHeaderModifier")
+
+
+def lane_table_entry(entry: Mapping[str, Any] | None) -> Obj | None:
+    """`lanes.<tag>.entry` of the lane table for a Lane's `spec.entry` (None: no entry in the table).
+
+    The dye rules (`entry.rules`) are copied as before. The routing keys (service, route, matches, weight,
+    requestHeaderModifier) are the controller's and stay out of the table, except that an ingress-nginx
+    entry (which cannot set the lane header) also publishes its matches as dye rules, so a Python edge
+    (GRAYBAGGAGE_EDGE=1) behind nginx dyes exactly the traffic nginx routes to it."""
+    if entry is None:
+        return None
+    from .entry.base import dye_rules, route_of
+    out = {k: copy.deepcopy(v) for k, v in entry.items() if k not in ENTRY_ROUTING_KEYS}
+    kind, _name, class_type = route_of(entry)
+    if kind == "ingress" and class_type == "nginx":
+        rules = dye_rules(entry)
+        if rules:
+            out["rules"] = list(out.get("rules") or []) + rules
+    if not out and any(k in entry for k in ENTRY_ROUTING_KEYS):
+        return None
+    return out
+
+
+def lane_status_entry(lane: Mapping[str, Any], conditions: list[Obj] | None, detail: Mapping[str, Any] | None,
+                      old: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+    """The entry part of a Lane's status: `conditions` (lastTransitionTime kept while status/reason
+    hold) and `entry` (what was programmed). Empty when the Lane has no entry route."""
+    if not conditions:
+        return {}
+    before = {c.get("type"): c for c in (old or {}).get("conditions") or []}
+    out = []
+    for c in conditions:
+        prev = before.get(c["type"])
+        same = prev and prev.get("status") == c["status"] and prev.get("reason") == c["reason"]
+        out.append({**c, "lastTransitionTime": prev.get("lastTransitionTime") if same else now})
+    result: dict[str, Any] = {"conditions": out}
+    if detail:
+        result["entry"] = dict(detail)
+    return result
 
 
 def render_lane_table(table: Mapping[str, Any], revision: int) -> str:

@@ -43,3 +43,15 @@ FINALIZER = "graybaggage.io/finalizer"
 WEBHOOK_HANDLER_ID = "pause-base"
 
 PHASES = ("Healthy", "Progressing", "Paused", "Promoting", "RollingBack", "Failed")
+
+# ---- entry routing (controller/graybaggage_controller/entry/)
+#: on a user's route object (HTTPRoute, stable Ingress): JSON record of exactly what graybaggage added,
+#: so the change can be undone precisely (see entry/gateway_api.py and entry/ingress.py).
+ENTRY_ROUTING_ANN = "graybaggage.io/entry-routing"
+#: on a canary Ingress graybaggage created: the user's Ingress it was derived from.
+ENTRY_OF_LABEL = "graybaggage.io/entry-of"
+#: prefix of the HTTPRoute rules graybaggage adds: `graybaggage-<tag>-<index of the stable rule>`.
+ENTRY_RULE_PREFIX = "graybaggage-"
+#: Lane status condition types.
+ENTRY_ROUTED = "EntryRouted"
+ENTRY_HEADER = "EntryHeader"

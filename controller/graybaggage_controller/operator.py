@@ -15,6 +15,8 @@ Handlers (all level-triggered; every pass re-derives everything from the cluster
   ca.crt/tls.crt/tls.key). If the webhook is down, the update goes through unpaused; the controller sees
   the template change on its next pass, pauses the Deployment and pins base Services to the stable pods
   (a Warning event WebhookBypassed), so base traffic still never reaches the new pods.
+- Leader election (--leader-elect, leader.py): every replica runs the handlers and the webhook; the handlers
+  reconcile only while this process holds the Lease.
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ class Config:
     webhook_name: str = "graybaggage"
     webhook_service: str | None = None      # "namespace/name[:port]" for in-cluster
     tls_dir: str | None = None
+    tls_secret: str | None = None           # "namespace/name": webhook cert shared by all replicas
+    liveness: str | None = None             # kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz
+    leader_elect: bool = False              # Lease-based: only the leader reconciles (leader.py)
+    leader_namespace: str | None = None
+    leader_name: str = "graybaggage-controller"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
 
 
 class _ConfiguringWebhookServer(kopf.WebhookServer):
@@ -74,7 +84,9 @@ def _post_event(obj: dict, etype: str, reason: str, message: str) -> None:
         kopf.info(obj, reason=reason, message=message)
 
 
-def build_registry(cfg: Config) -> tuple[kopf.OperatorRegistry, Reconciler]:
+def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegistry, Reconciler]:
+    """`leading()` gates every reconcile (leader election); the webhook answers in every replica."""
+    leading = leading or (lambda: True)
     registry = kopf.OperatorRegistry()
     kube = Kube(api_client_from(cfg.kubeconfig, cfg.context))
     rec = Reconciler(kube, events=_post_event)
@@ -95,6 +107,10 @@ def build_registry(cfg: Config) -> tuple[kopf.OperatorRegistry, Reconciler]:
         if cfg.webhook:
             tls = cfg.tls_dir or tempfile.mkdtemp(prefix="graybaggage-webhook-")
             ca, crt, key = (os.path.join(tls, f) for f in ("ca.crt", "tls.crt", "tls.key"))
+            if cfg.tls_secret:
+                from .leader import shared_webhook_tls
+                secret_ns, _, secret_name = cfg.tls_secret.partition("/")
+                shared_webhook_tls(kube, secret_ns, secret_name, tls, [cfg.webhook_host, "localhost"])
             if not all(os.path.exists(p) for p in (ca, crt, key)):
                 from .certs import self_signed
                 self_signed(tls, [cfg.webhook_host] + (["localhost"] if cfg.webhook_host != "localhost" else []))
@@ -118,16 +134,21 @@ def build_registry(cfg: Config) -> tuple[kopf.OperatorRegistry, Reconciler]:
     # ---- GrayRelease
     @kopf.timer(G, V, n.RELEASES, interval=cfg.resync, registry=registry)
     def _release_timer(namespace: str, name: str, **_: Any) -> None:
-        rec.reconcile_release(namespace, name)
+        if leading():
+            rec.reconcile_release(namespace, name)
 
     @kopf.on.event(G, V, n.RELEASES, registry=registry)
     def _release_event(type: str, namespace: str, name: str, meta: Any, **_: Any) -> None:
+        if not leading():
+            return
         if type == "DELETED":
             rec.sync_table(namespace)
         elif meta.get("deletionTimestamp"):
             # cleanup takes a few passes (wait for gray pods to go before unpinning); timers stop on
             # deletion, so drive it here, bounded; a later event or a restart resumes it
             for _attempt in range(240):
+                if not leading():
+                    return
                 plan = rec.reconcile_release(namespace, name)
                 if plan is None or plan.done:
                     return
@@ -137,24 +158,29 @@ def build_registry(cfg: Config) -> tuple[kopf.OperatorRegistry, Reconciler]:
 
     @kopf.on.event("apps", "v1", "deployments", labels={n.RELEASE_LABEL: kopf.PRESENT}, registry=registry)
     def _base_event(type: str, namespace: str, labels: dict, **_: Any) -> None:
-        rec.reconcile_release(namespace, labels[n.RELEASE_LABEL])
+        if leading():
+            rec.reconcile_release(namespace, labels[n.RELEASE_LABEL])
 
     @kopf.on.event("apps", "v1", "deployments", labels={n.OWNER_LABEL: kopf.PRESENT}, registry=registry)
     def _gray_event(type: str, namespace: str, labels: dict, **_: Any) -> None:
-        rec.reconcile_release(namespace, labels[n.OWNER_LABEL])
+        if leading():
+            rec.reconcile_release(namespace, labels[n.OWNER_LABEL])
 
     # ---- Lane
     @kopf.timer(G, V, n.LANES, interval=cfg.resync, registry=registry)
     def _lane_timer(namespace: str, name: str, **_: Any) -> None:
-        rec.reconcile_lane(namespace, name)
+        if leading():
+            rec.reconcile_lane(namespace, name)
 
     @kopf.on.event(G, V, n.LANES, registry=registry)
     def _lane_event(type: str, namespace: str, name: str, meta: Any, **_: Any) -> None:
+        if not leading():
+            return
         if type == "DELETED":
             rec.sync_table(namespace)
         elif meta.get("deletionTimestamp"):
             for _attempt in range(60):
-                if rec.reconcile_lane(namespace, name):
+                if not leading() or rec.reconcile_lane(namespace, name):
                     return
                 time.sleep(0.5)
         else:
@@ -195,6 +221,21 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="NAMESPACE/NAME[:PORT] of the Service in front of the webhook (in-cluster); "
                         "default: clientConfig.url https://<webhook-host>:<port>")
     p.add_argument("--tls-dir", default=None, help="dir with ca.crt, tls.crt, tls.key (default: self-signed)")
+    p.add_argument("--tls-secret", default=None, metavar="NAMESPACE/NAME",
+                   help="keep the webhook certificate in this Secret, so every replica serves the same one")
+    p.add_argument("--liveness", default=None, metavar="URL",
+                   help="kopf's health endpoint for probes, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--leader-elect", action="store_true",
+                   help="Lease-based leader election: only the leader reconciles, every replica serves the webhook")
+    p.add_argument("--leader-elect-resource-name", default="graybaggage-controller", help="the Lease's name")
+    p.add_argument("--leader-elect-resource-namespace", default=None,
+                   help="the Lease's namespace (default: $POD_NAMESPACE, else the service account's)")
+    p.add_argument("--leader-elect-lease-duration", type=float, default=15.0,
+                   help="seconds a standby waits after the last renewal before taking over (default 15)")
+    p.add_argument("--leader-elect-renew-deadline", type=float, default=10.0,
+                   help="seconds the leader keeps trying to renew before it stops reconciling (default 10)")
+    p.add_argument("--leader-elect-retry-period", type=float, default=2.0,
+                   help="seconds between acquire/renew attempts (default 2)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     kopf.configure(verbose=a.verbose, log_prefix=True)
@@ -202,21 +243,43 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return Config(namespaces=a.namespace, kubeconfig=a.kubeconfig, context=a.context, resync=a.resync,
                   webhook=a.webhook, webhook_host=a.webhook_host, webhook_addr=a.webhook_addr,
                   webhook_port=a.webhook_port, webhook_name=a.webhook_name, tls_dir=a.tls_dir,
-                  webhook_service=a.webhook_service)
+                  webhook_service=a.webhook_service, tls_secret=a.tls_secret, liveness=a.liveness,
+                  leader_elect=a.leader_elect, leader_namespace=a.leader_elect_resource_namespace,
+                  leader_name=a.leader_elect_resource_name, lease_duration=a.leader_elect_lease_duration,
+                  renew_deadline=a.leader_elect_renew_deadline, retry_period=a.leader_elect_retry_period)
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     if cfg.kubeconfig:
         os.environ["KUBECONFIG"] = cfg.kubeconfig   # for kopf's own login
-    registry, _rec = build_registry(cfg)
+        from kubernetes.config import kube_config   # which read $KUBECONFIG at import, before we parsed it
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = cfg.kubeconfig
+    elector = None
+    if cfg.leader_elect:
+        from .leader import LeaderElector, default_namespace
+        elector = LeaderElector(Kube(api_client_from(cfg.kubeconfig, cfg.context), timeout=cfg.renew_deadline / 2),
+                                cfg.leader_namespace or default_namespace(), cfg.leader_name,
+                                lease_duration=cfg.lease_duration, renew_deadline=cfg.renew_deadline,
+                                retry_period=cfg.retry_period)
+    registry, _rec = build_registry(cfg, leading=elector.is_leader if elector else None)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> Any:
         return kopf.login_via_client(**kwargs)
 
-    kopf.run(registry=registry, standalone=True, clusterwide=not cfg.namespaces,
-             namespaces=cfg.namespaces or ())
+    if elector is not None:
+        @kopf.on.probe(id="leader", registry=registry)
+        def _leader_probe(**_: Any) -> Any:
+            return elector.status()       # raises (liveness fails) if the election thread died
+
+        elector.start()
+    try:
+        kopf.run(registry=registry, standalone=True, clusterwide=not cfg.namespaces,
+                 namespaces=cfg.namespaces or (), liveness_endpoint=cfg.liveness)
+    finally:
+        if elector is not None:
+            elector.stop(release=True)     # a standby takes over at its next retry, not after the lease
 
 
 if __name__ == "__main__":

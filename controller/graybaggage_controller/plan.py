@@ -59,16 +59,19 @@ class Plan:
 # ---------------------------------------------------------------------------------------------- time
 
 def iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 with microseconds, so timed pauses are measured to the millisecond."""
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_iso(text: str | None) -> float | None:
     if not text:
         return None
-    try:
-        return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc).timestamp()
-    except ValueError:
-        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):  # old statuses have whole seconds
+        try:
+            return _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -236,12 +239,13 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
         return cleanup(st.get("stableRevision"), None, "Failed")
     conds.append(("WorkloadFound", "True", "DeploymentFound", f"Deployment {workload}"))
 
-    if obs.other_targeting and not deleting:
+    if obs.other_targeting:
+        # Another release owns this Deployment: never touch it, not even while this one is deleted.
         conds.append(("Ready", "False", "AlreadyTargeted",
                       f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}"))
         return Plan([Action("table")], {}, status(
             "Failed", f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}",
-            stable=None), events)
+            stable=None), events, done=deleting)
 
     base_name = d.meta(base)["name"]
     bspec = base.get("spec") or {}

@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 from . import desired as d
+from . import entry
 from . import names as n
 from .kube import JSONPATCH, MERGE, Kube, KubeError
 from .plan import Action, Observed, Plan, plan_release
@@ -33,12 +34,23 @@ def _status_view(status: dict | None) -> dict:
     return {k: v for k, v in s.items() if v not in (None, {}, [], "")}
 
 
+def _has_entry(lane: dict, status: bool = True) -> bool:
+    """Does a Lane ask for entry routing (or, with `status`, report some: there may be routes to undo)?"""
+    if ((lane.get("spec") or {}).get("entry") or {}).get("route"):
+        return True
+    return status and any(c.get("type") in (n.ENTRY_ROUTED, n.ENTRY_HEADER)
+                          for c in (lane.get("status") or {}).get("conditions") or [])
+
+
 class Reconciler:
     def __init__(self, kube: Kube, events: EventSink | None = None, clock: Callable[[], float] = time.time):
         self.kube = kube
         self.events = events or (lambda obj, etype, reason, message: None)
         self.clock = clock
         self._locks: dict[str, threading.RLock] = {}
+        #: namespaces where some Lane has (or had) an entry route (kept by sync_entries; the release path
+        #: skips entry routing elsewhere, so namespaces without entries pay nothing for it)
+        self._entry_namespaces: set[str] = set()
         self._guard = threading.Lock()
 
     def lock(self, namespace: str) -> threading.RLock:
@@ -166,6 +178,11 @@ class Reconciler:
                      json.dumps(act.body)[:300] if act.verb in ("patch", "patch-release") else "")
         if act.verb == "table":
             self.sync_table(ns, overrides={release: plan.routes})
+            if ns in self._entry_namespaces:    # move the entry route with the table, before gray objects go
+                try:
+                    self.sync_entries(ns, overrides={release: plan.routes})
+                except Exception:
+                    log.exception("%s: entry routing not synced (the Lane's next pass retries)", ns)
         elif act.verb == "create":
             try:
                 k.create(act.kind, ns, act.body)
@@ -246,6 +263,50 @@ class Reconciler:
                     raise
             raise RuntimeError(f"could not write lane table in {namespace} (conflicts)")
 
+    # ------------------------------------------------------------------------------------ entry routing
+    def sync_entries(self, namespace: str, overrides: dict[str, dict[str, str]] | None = None,
+                     strict: bool = False) -> dict[str, entry.Outcome] | None:
+        """Program every Lane's entry route in the namespace (entry/ providers) and undo what no Lane wants
+        any more. Returns an Outcome per lane tag, or None when no Lane has (or had) an entry route.
+
+        An API error in one provider becomes an `EntryRouted=False/APIError` outcome for its lanes (e.g. no
+        RBAC for httproutes); with `strict` (Lane deletion: nothing may be left behind) it is raised."""
+        with self.lock(namespace):
+            lanes = self.kube.list("Lane", namespace)
+            if not any(_has_entry(x) for x in lanes):
+                self._entry_namespaces.discard(namespace)
+                return None
+            self._entry_namespaces.add(namespace)
+            releases = self.kube.list("GrayRelease", namespace)
+            table = d.build_lane_table(namespace, lanes, releases, overrides)
+            wanted, outcomes = entry.intents(lanes, table)
+            services = {d.meta(x)["name"] for x in self.kube.list("Service", namespace)}
+            ok = []
+            for it in wanted:
+                if it.service not in services:
+                    outcomes[it.tag] = entry.base.failed(
+                        "ServiceNotFound", f"entry Service {it.service} not found in namespace {namespace}; "
+                        "nothing was changed")
+                else:
+                    ok.append(it)
+            for provider_cls in entry.PROVIDERS:
+                kind, class_type = provider_cls.handles
+                mine = [it for it in ok if it.kind == kind and (class_type is None or it.class_type == class_type)]
+                try:
+                    outcomes.update(provider_cls(self.kube, namespace).ensure(mine))
+                except KubeError as e:
+                    if not mine and e.status in (403, 404):
+                        # API not served / not allowed: nothing of ours can be there either
+                        log.debug("%s: %s skipped: %s", namespace, provider_cls.__name__, e)
+                        continue
+                    if strict:
+                        raise
+                    log.warning("%s: entry routing (%s) failed: %s", namespace, provider_cls.__name__, e)
+                    for it in mine:
+                        outcomes[it.tag] = entry.Outcome(False, [entry.base.condition(
+                            n.ENTRY_ROUTED, False, "APIError", f"{provider_cls.__name__}: {e}")])
+            return outcomes
+
     # ------------------------------------------------------------------------------------ Lane
     def reconcile_lane(self, namespace: str, name: str) -> bool:
         """Returns True when a deleting Lane has been released."""
@@ -253,13 +314,25 @@ class Reconciler:
             lane = self.kube.get("Lane", namespace, name)
             if lane is not None and d.meta(lane).get("deletionTimestamp"):
                 self.sync_table(namespace)          # the builder skips Lanes being deleted
+                self.sync_entries(namespace, strict=True)   # ... and so do the entry providers: routes restored
                 return self._release_finalizer("Lane", lane)
             if lane is not None and self._ensure_finalizer("Lane", lane):
                 releases = self.kube.list("GrayRelease", namespace)
+                outcomes = self.sync_entries(namespace) or {}
                 want = d.lane_status(lane, releases)
-                if _status_view(lane.get("status")) != _status_view(want):
+                tag = (lane.get("spec") or {}).get("tag")
+                mine = outcomes.get(tag) if _has_entry(lane, status=False) else None
+                old = lane.get("status") or {}
+                want.update(d.lane_status_entry(lane, mine.conditions if mine else None,
+                                                mine.detail if mine else None, old,
+                                                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))))
+                if _status_view(old) != _status_view(want):
+                    body = dict(want)
+                    for key in old:
+                        if key not in body and key != "kopf":
+                            body[key] = None
                     try:
-                        self.kube.patch("Lane", namespace, name, {"status": want}, sub="status")
+                        self.kube.patch("Lane", namespace, name, {"status": body}, sub="status")
                     except KubeError as e:
                         if e.status != 404:
                             raise

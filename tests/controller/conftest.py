@@ -335,7 +335,7 @@ def gb_install_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gb_seed_flow(gb_install_cluster, tmp_path_factory):
-    """The walkthrough (docs/kubernetes-walkthrough.md) run once on `gb_install_cluster`: install with
+    """The README's Kubernetes walk-through run once on `gb_install_cluster`: install with
     `kubectl apply -k controller/deploy`, the controller as a local process with its ServiceAccount's token
     and the Deployment's own arguments, the seed flow, then the uninstall. Returns what happened (see
     tests/controller/test_deploy.py: run_walkthrough)."""

@@ -1,5 +1,5 @@
 """The in-cluster install (controller/deploy, controller/Dockerfile) and the walk-through
-(docs/kubernetes-walkthrough.md), on a control plane of their own (`gb_install_cluster`).
+(README.md, "On Kubernetes: the seed, step by step"), on a control plane of their own (`gb_install_cluster`).
 
 `run_walkthrough` (run once per session by the `gb_seed_flow` fixture) executes every `kubectl` line of the
 walk-through in order: `kubectl apply -k controller/deploy`, examples/k8s, set image on a and c, approve a,
@@ -36,7 +36,8 @@ from .conftest import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "controller" / "deploy"
 DOCKERFILE = ROOT / "controller" / "Dockerfile"
-WALKTHROUGH = ROOT / "docs" / "kubernetes-walkthrough.md"
+WALKTHROUGH = ROOT / "README.md"
+WALKTHROUGH_SECTION = "## On Kubernetes: the seed, step by step"
 VENV_BIN = Path(sys.executable).parent
 REAL_ONLY = "# real cluster only"
 NS = "demo"
@@ -71,12 +72,18 @@ def controller_args() -> list[str]:
 
 
 def walkthrough_steps() -> list[tuple[str, list[str]]]:
-    """[(section title, [kubectl command lines])] from the ```sh blocks, minus `# real cluster only` lines."""
+    """[(step title, [kubectl command lines])] from the ```sh blocks of the README's walk-through section,
+    minus `# real cluster only` lines."""
     steps: list[tuple[str, list[str]]] = []
-    in_sh = False
+    in_sh = in_section = False
     for line in WALKTHROUGH.read_text().splitlines():
         if line.startswith("## "):
-            steps.append((line[3:].strip(), []))
+            in_section = line.strip() == WALKTHROUGH_SECTION
+            continue
+        if not in_section:
+            continue
+        if line.startswith("### "):
+            steps.append((line[4:].strip(), []))
         elif line.startswith("```"):
             in_sh = not in_sh and line.strip() == "```sh"
         elif in_sh and steps and line.startswith("kubectl ") and REAL_ONLY not in line:

@@ -128,3 +128,45 @@ def chain_of(resp: dict) -> list[dict]:
 def served(resp: dict) -> str:
     """The human chain, e.g. ``a[gray] -> b[base] -> c[gray]``."""
     return " -> ".join(h["served"] for h in chain_of(resp))
+
+
+def lane_reader_env(cluster, ns: str, tmp: Path, configmap: str = "graybaggage-lanes") -> dict[str, str]:
+    """What a pod gets: a ServiceAccount allowed get/list/watch on exactly the lane-table ConfigMap.
+
+    Creates it in ``ns`` on ``cluster`` (the tests/k8s fixture) and returns the library's env for it:
+    API server, token file, CA file, namespace and ConfigMap name.
+    """
+    import base64
+
+    kc = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    cl = kc["clusters"][0]["cluster"]
+    ca = tmp / "ca.crt"
+    if "certificate-authority-data" in cl:
+        ca.write_bytes(base64.b64decode(cl["certificate-authority-data"]))
+    else:
+        ca.write_bytes(Path(cl["certificate-authority"]).read_bytes())
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=f"""
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: lane-reader}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: lane-reader}}
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [{configmap}]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: lane-reader}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: lane-reader}}
+subjects: [{{kind: ServiceAccount, name: lane-reader, namespace: {ns}}}]
+""")
+    token = tmp / "token"
+    token.write_text(cluster.kubectl("create", "token", "lane-reader", "-n", ns).stdout.strip())
+    return {"GRAYBAGGAGE_K8S_SERVER": cl["server"], "GRAYBAGGAGE_K8S_TOKEN_FILE": str(token),
+            "GRAYBAGGAGE_K8S_CA_FILE": str(ca), "GRAYBAGGAGE_NAMESPACE": ns,
+            "GRAYBAGGAGE_LANE_TABLE_CONFIGMAP": configmap}

@@ -13,7 +13,6 @@ state, 2 usage, 3 not found, 4 API error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, Sequence
 

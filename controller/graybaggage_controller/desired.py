@@ -329,6 +329,7 @@ def render_lane_table(table: Mapping[str, Any], revision: int) -> str:
 
 
 def parse_lane_table(text: str | None) -> Obj | None:
+    """The lane table JSON (or any JSON object text, e.g. an annotation) as a dict; None if absent/invalid."""
     if not text:
         return None
     try:

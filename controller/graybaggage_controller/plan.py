@@ -127,7 +127,6 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     base = obs.base
     workload = (spec.get("workloadRef") or {}).get("name", "")
 
-    actions: list[Action] = []
     events: list[tuple[str, str, str]] = []
     conds: list[tuple[str, str, str, str]] = []
     requeue: float | None = None

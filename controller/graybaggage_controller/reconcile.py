@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from . import desired as d
 from . import entry

@@ -11,18 +11,17 @@ is library-swap time minus that moment, both on this machine's wall clock.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from graybaggage_controller import names as n
+from tests import support
 
 from .conftest import wait_for
 from .test_live import (NEW, OLD, app_manifests, apply, lane_manifest, release_manifest, routes, run_cli,
@@ -56,43 +55,6 @@ while True:
                           "routes": None if lane is None else lane.get("routes"), "decide": decide}), flush=True)
     time.sleep(0.002)
 """
-
-
-def lane_reader(cluster, ns: str, tmp: Path) -> dict[str, str]:
-    """What a pod gets: a ServiceAccount allowed get/list/watch on exactly the lane-table ConfigMap.
-    Returns the library's env for it (server, token file, CA file, namespace, ConfigMap name)."""
-    kc = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-    cl = kc["clusters"][0]["cluster"]
-    ca = tmp / "ca.crt"
-    if "certificate-authority-data" in cl:
-        ca.write_bytes(base64.b64decode(cl["certificate-authority-data"]))
-    else:
-        ca.write_bytes(Path(cl["certificate-authority"]).read_bytes())
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=f"""
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: lane-reader}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: lane-reader}}
-rules:
-- apiGroups: [""]
-  resources: [configmaps]
-  resourceNames: [{n.TABLE_CONFIGMAP}]
-  verbs: [get, list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: lane-reader}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: lane-reader}}
-subjects: [{{kind: ServiceAccount, name: lane-reader, namespace: {ns}}}]
-""")
-    token = tmp / "token"
-    token.write_text(cluster.kubectl("create", "token", "lane-reader", "-n", ns).stdout.strip())
-    return {"GRAYBAGGAGE_K8S_SERVER": cl["server"], "GRAYBAGGAGE_K8S_TOKEN_FILE": str(token),
-            "GRAYBAGGAGE_K8S_CA_FILE": str(ca), "GRAYBAGGAGE_NAMESPACE": ns,
-            "GRAYBAGGAGE_LANE_TABLE_CONFIGMAP": n.TABLE_CONFIGMAP}
 
 
 class Lines:
@@ -142,7 +104,7 @@ class TableWatch:
 def test_library_follows_the_controllers_lane_table(k8s_cluster, gb_controller, gb_kube, tmp_path):
     ns = gb_controller.namespace
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAYBAGGAGE_", "OTEL_"))}
-    env.update(lane_reader(k8s_cluster, ns, tmp_path), PYTHONUNBUFFERED="1")
+    env.update(support.lane_reader_env(k8s_cluster, ns, tmp_path, n.TABLE_CONFIGMAP), PYTHONUNBUFFERED="1")
     errlog = tmp_path / "library.log"
     with open(errlog, "wb") as err:
         lib = subprocess.Popen([sys.executable, "-c", LIBRARY_PROCESS, *APPS], env=env, stdout=subprocess.PIPE,

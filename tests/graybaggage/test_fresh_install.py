@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 
 from tests import support

@@ -3,7 +3,6 @@ least-privilege service-account token, follows every change within 1 s, and keep
 while the API server is unreachable."""
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import threading
@@ -99,46 +98,15 @@ def _wait(cond, what: str, limit: float) -> float:
 
 def test_live_service_follows_configmap(k8s_cluster, k8s_namespace, tmp_path: Path):
     ns = k8s_namespace
-    kc = json.loads(k8s_cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-    cluster = kc["clusters"][0]["cluster"]
-    ca = tmp_path / "ca.crt"
-    if "certificate-authority-data" in cluster:
-        ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-    else:
-        ca.write_bytes(Path(cluster["certificate-authority"]).read_bytes())
-    server = urlsplit(cluster["server"])
-    # what a pod gets: a service account allowed to read exactly one ConfigMap
-    rbac = f"""
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: lane-reader, namespace: {ns}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: lane-reader, namespace: {ns}}}
-rules:
-- apiGroups: [""]
-  resources: [configmaps]
-  resourceNames: [graybaggage-lanes]
-  verbs: [get, list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: lane-reader, namespace: {ns}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: lane-reader}}
-subjects: [{{kind: ServiceAccount, name: lane-reader, namespace: {ns}}}]
-"""
-    k8s_cluster.kubectl("apply", "-f", "-", input=rbac)
-    token = tmp_path / "token"
-    token.write_text(k8s_cluster.kubectl("create", "token", "lane-reader", "-n", ns).stdout.strip())
+    env = support.lane_reader_env(k8s_cluster, ns, tmp_path)
+    server = urlsplit(env["GRAYBAGGAGE_K8S_SERVER"])
     proxy = Cuttable(server.hostname or "127.0.0.1", server.port or 443)
 
     c = support.start("c", {"HOP_KIND": "wsgi"})
     cg = support.start("c", {"HOP_KIND": "wsgi", "GRAYBAGGAGE_LANE": "gray"})
-    b = support.start("b", {"HOP_KIND": "flask", "HOP_NEXT": c.url, "GRAYBAGGAGE_LANE_TABLE_CONFIGMAP": "graybaggage-lanes",
-                            "GRAYBAGGAGE_K8S_SERVER": f"https://localhost:{proxy.port}",
-                            "GRAYBAGGAGE_K8S_TOKEN_FILE": str(token), "GRAYBAGGAGE_K8S_CA_FILE": str(ca),
-                            "GRAYBAGGAGE_NAMESPACE": ns})
+    # the library reaches the API server through the cuttable proxy
+    b = support.start("b", {"HOP_KIND": "flask", "HOP_NEXT": c.url, **env,
+                            "GRAYBAGGAGE_K8S_SERVER": f"https://localhost:{proxy.port}"})
     served = lambda: support.chain_of(support.get(b.url + "/k", {"x-mse-tag": "gray"}))[-1]["served"]  # noqa: E731
     try:
         assert served() == "c[base]"  # no ConfigMap yet: everything on base

@@ -13,7 +13,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import graybaggage
 from tests import support
-from tests.graybaggage.test_fallback import base_server  # noqa: F401 - fixture
 
 _reader = InMemoryMetricReader()
 _exporter = InMemorySpanExporter()
@@ -42,7 +41,7 @@ def _counts() -> dict[tuple[str, str, str], int]:
     return out
 
 
-def test_routed_and_fallback_calls_are_counted_and_on_spans(base_server):  # noqa: F811
+def test_routed_and_fallback_calls_are_counted_and_on_spans(base_server):
     import requests
 
     live = support.start("live", {"HOP_KIND": "wsgi"})

@@ -29,6 +29,7 @@ import json
 import logging
 from typing import Any, Iterable, Mapping
 
+from .. import desired as d
 from .. import names as n
 from ..kube import KubeError
 from . import base
@@ -50,14 +51,7 @@ def rule_name(tag: str, index: int) -> str:
 
 
 def _record(route: Mapping[str, Any]) -> Obj | None:
-    text = ((route.get("metadata") or {}).get("annotations") or {}).get(n.ENTRY_ROUTING_ANN)
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return d.parse_lane_table(((route.get("metadata") or {}).get("annotations") or {}).get(n.ENTRY_ROUTING_ANN))
 
 
 def _refs_service(ref: Mapping[str, Any], service: str, namespace: str | None) -> bool:

@@ -169,7 +169,7 @@ def test_library_follows_the_controllers_lane_table(k8s_cluster, gb_controller, 
         for name, lag, _ in results:
             assert lag < 1.0, f"{name}: the library saw the change {lag:.3f}s after it was published"
         log = errlog.read_text()
-        assert "403" not in log and "Forbidden" not in log, log      # the one-ConfigMap Role was enough
+        assert "HTTP 403" not in log and "Forbidden" not in log, log  # the one-ConfigMap Role was enough
     finally:
         cm_watch.w.stop()
         if lib.poll() is None:

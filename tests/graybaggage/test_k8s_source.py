@@ -128,7 +128,7 @@ def test_live_service_follows_configmap(k8s_cluster, k8s_namespace, tmp_path: Pa
         k8s_cluster.kubectl("delete", "configmap", "graybaggage-lanes", "-n", ns)
         print(f"\nConfigMap changes seen after {[f'{t * 1000:.0f} ms' for t in took]}; "
               f"caught up {took_reconnect:.1f}s after the API server came back")
-        assert "403" not in b.log and "Forbidden" not in b.log  # the least-privilege Role was enough
+        assert "HTTP 403" not in b.log and "Forbidden" not in b.log  # the least-privilege Role was enough
     finally:
         for s in (b, c, cg):
             s.kill()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.k8s.cluster import _set_pdeathsig
+
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "controller" / "deploy" / "crds"
 
@@ -81,7 +83,8 @@ class ControllerProcess:
              "--kubeconfig", self.cluster.kubeconfig, "--resync", "0.5",
              "--webhook-port", str(self.port), "--webhook-name", self.webhook_name,
              "--tls-dir", str(self.workdir / "tls")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True,
+            preexec_fn=_set_pdeathsig)  # dies with the test run, even if pytest itself is killed
         log.close()
         if wait:
             self.wait_ready()

@@ -101,10 +101,18 @@ def start(workdir: Path, out=sys.stdout) -> dict[str, str]:
         if name == "edge":
             env.update(GRAYBAGGAGE_EDGE="1", GRAYBAGGAGE_DYE_RULES=json.dumps(SEED_RULE))
         log = workdir / f"{name}.log"
-        with open(log, "wb") as f:
-            proc = subprocess.Popen(_graybaggage() + [sys.executable, str(APP)], env=env, stdout=f,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        _procs.append(proc)
+        # Ctrl-C / SIGTERM must not land between starting a process and recording it (it would be orphaned):
+        # hold them until the process is in _procs; a pending one is delivered right after.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        try:
+            with open(log, "wb") as f:
+                proc = subprocess.Popen(_graybaggage() + [sys.executable, str(APP)], env=env, stdout=f,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        # the child must not inherit the held signals
+                                        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, held))
+            _procs.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         print(f"[{i}/{len(SERVICES)}] starting {name:<7} {service} v{version} lane={lane:<5} on {urls[name]} ...",
               end="", flush=True, file=out)
         t0 = time.monotonic()

@@ -79,3 +79,21 @@ def test_ctrl_c_while_serving_leaves_no_orphans():
 def test_terminated_while_starting_leaves_no_orphans():
     text = _interrupt_and_check(signal.SIGTERM, "[3/6] starting")
     assert "all demo processes stopped." in text
+
+
+def test_demo_services_can_be_stopped_gracefully():
+    """The demo's services do not inherit a blocked SIGTERM (it is held only while each one starts)."""
+    proc = subprocess.Popen([sys.executable, str(DEMO), "--serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=_env(), stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "Press Ctrl-C" not in proc.stdout.readline():
+            pass
+        for pid in app_processes():
+            status = Path(f"/proc/{pid}/status").read_text()
+            blocked = int(next(ln for ln in status.splitlines() if ln.startswith("SigBlk:")).split()[1], 16)
+            assert not blocked & (1 << (signal.SIGTERM - 1)), f"pid {pid} blocks SIGTERM"
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=30)

@@ -249,12 +249,14 @@ def test_seed_flow_approve_rollback(k8s_cluster, gb_controller, gb_kube):
     assert code == 0, out
     wait_for(lambda: routes(gb_kube, ns) == {"spring-cloud-c": "spring-cloud-c-gray"}, 20, "table {c}")
 
-    def a_promoted():
-        base = gb_kube.get("Deployment", ns, "spring-cloud-a")
-        return (status(gb_kube, ns, "rollout-a").get("phase") == "Healthy" and not base["spec"].get("paused")
-                and gb_kube.get("Deployment", ns, "spring-cloud-a-gray") is None
-                and gb_kube.get("Service", ns, "spring-cloud-a-gray") is None and base)
-    base = wait_for(a_promoted, 60, "a promoted")
+    def settled(app: str):
+        """The release is Healthy, its base unpaused, its gray objects gone: returns the base Deployment."""
+        base = gb_kube.get("Deployment", ns, app)
+        return (status(gb_kube, ns, f"rollout-{app[-1]}").get("phase") == "Healthy"
+                and not base["spec"].get("paused")
+                and gb_kube.get("Deployment", ns, f"{app}-gray") is None
+                and gb_kube.get("Service", ns, f"{app}-gray") is None and base)
+    base = wait_for(lambda: settled("spring-cloud-a"), 60, "a promoted")
     assert image(base).endswith(NEW)
     assert gb_kube.get("Service", ns, "spring-cloud-a")["spec"]["selector"] == {"app": "spring-cloud-a"}
     assert n.ORIGINAL_SELECTOR_ANN not in (gb_kube.get("Service", ns, "spring-cloud-a")["metadata"]
@@ -268,12 +270,7 @@ def test_seed_flow_approve_rollback(k8s_cluster, gb_controller, gb_kube):
     c_rs_before = base_rs_images(gb_kube, ns, "spring-cloud-c")
     set_image(k8s_cluster, ns, "spring-cloud-c", OLD)
 
-    def c_rolled_back():
-        base = gb_kube.get("Deployment", ns, "spring-cloud-c")
-        return (status(gb_kube, ns, "rollout-c").get("phase") == "Healthy" and not base["spec"].get("paused")
-                and gb_kube.get("Deployment", ns, "spring-cloud-c-gray") is None
-                and gb_kube.get("Service", ns, "spring-cloud-c-gray") is None and base)
-    base = wait_for(c_rolled_back, 60, "c rolled back")
+    base = wait_for(lambda: settled("spring-cloud-c"), 60, "c rolled back")
     assert image(base).endswith(OLD)
     assert routes(gb_kube, ns) == {}
     assert gb_kube.get("Service", ns, "spring-cloud-c")["spec"]["selector"] == {"app": "spring-cloud-c"}

@@ -79,6 +79,12 @@ def failed(reason: str, message: str) -> Outcome:
     return Outcome(done=True, conditions=[condition(n.ENTRY_ROUTED, False, reason, message)])
 
 
+def inactive(tag: str, what: str) -> Outcome:
+    """The lane has no routed member yet: nothing to program, ``what`` (the user's route) is unchanged."""
+    return Outcome(True, [condition(n.ENTRY_ROUTED, False, "NoActiveMember",
+                                    f"lane {tag} has no routed member yet; {what} is unchanged")])
+
+
 # ---------------------------------------------------------------------------------------------- pure model
 
 def route_of(entry: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:

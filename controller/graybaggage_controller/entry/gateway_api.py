@@ -33,7 +33,7 @@ from .. import desired as d
 from .. import names as n
 from ..kube import KubeError
 from . import base
-from .base import Intent, Outcome, condition, failed
+from .base import Intent, Outcome, condition, failed, inactive
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +259,7 @@ def program(clean: Mapping[str, Any], intents: Iterable[Intent],
                                       f"Service {it.service}; the route is unchanged")
             continue
         if not it.active:
-            outcomes[it.tag] = Outcome(True, [condition(
-                n.ENTRY_ROUTED, False, "NoActiveMember",
-                f"lane {it.tag} has no routed member yet; HTTPRoute {name} is unchanged")])
+            outcomes[it.tag] = inactive(it.tag, f"HTTPRoute {name}")
             continue
         if not it.matches:
             ok = backend_filters.get(it.tag)

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from .. import names as n
 from ..kube import KubeError
 from . import base
-from .base import Intent, Outcome, condition, failed
+from .base import Intent, Outcome, condition, failed, inactive
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,7 @@ class IngressProvider(base.Provider):
                                           "nothing was changed")
                 continue
             if not it.active:
-                outcomes[it.tag] = Outcome(True, [condition(
-                    n.ENTRY_ROUTED, False, "NoActiveMember",
-                    f"lane {it.tag} has no routed member yet; Ingress {it.route} is unchanged")])
+                outcomes[it.tag] = inactive(it.tag, f"Ingress {it.route}")
                 continue
             canaries[cname] = canary
             if self.remove_key:

@@ -156,7 +156,11 @@ def run(serve: bool, out=sys.stdout) -> int:
                 print(f"  {name:<7} {url}", file=out)
             print(f"  logs: {workdir}    lane table (edit it live): {workdir / 'lanes.json'}", file=out)
             print("Press Ctrl-C to stop.", file=out, flush=True)
-            signal.pause()
+            # Not signal.pause(): a SIGINT that arrives between Python's last signal check and the pause()
+            # system call is handled at C level but wakes nothing, and the demo would sleep until a second
+            # signal. A short sleep loop lets the KeyboardInterrupt surface within 0.2 s whenever it lands.
+            while True:
+                time.sleep(0.2)
         return 0 if gray_ok and base_ok else 1
     except KeyboardInterrupt:
         print("\nstopping ...", file=out)

@@ -798,7 +798,8 @@ if __name__ == "__main__":  # manual use: python -m tests.k8s.cluster  (Ctrl-C t
     print(f"export KUBECONFIG={cp.kubeconfig}")
     print(f"export PATH={cp.bin_dir}:$PATH")
     try:
-        signal.pause()
+        while True:  # not signal.pause(): a signal landing just before the pause() call would wake nothing
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:

@@ -14,10 +14,11 @@ Configurations (every hop of a chain runs the same way; the app never imports gr
   lanes       graybaggage run -- gunicorn         default (lanes-only) mode
   sdk         opentelemetry-instrument gunicorn   OTEL_PYTHON_DISTRO=distro, opentelemetry-distro's configurator,
                                                   SDK TracerProvider + BatchSpanProcessor -> in-memory no-op exporter
-  sdk+gb      graybaggage run -- gunicorn         GRAYBAGGAGE_MODE=tracing, the same SDK set-up
+  sdk+gb      graybaggage run -- gunicorn         the same SDK set-up (auto mode resolves to tracing)
   route-off   lanes, tagged gray, empty lane table (GRAYBAGGAGE_LANE_TABLE)          + a second hop2 instance
   route-on    lanes, tagged gray, lane table re-routing hop2 to the second hop2 instance
   plain-2     (only with --configs) a second plain chain: an A/A control that shows the noise floor
+  sdk-2       (only with --configs) a second sdk chain: the A/A control of the sdk+gb / sdk pair
 All load carries ``x-mse-tag: gray`` (the worst case for graybaggage: every hop parses and forwards a lane).
 
 Bounded: each run stops after --seconds or --max-requests, whichever comes first; servers are stopped at exit.
@@ -104,7 +105,13 @@ def build_configs() -> list[Config]:
         Config("lanes", "gb", expect={"lane": LANE, "traceparent": False}),
         Config("sdk", "otel", {**sdk_env, **sdk_distro, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled_otel},
                shim=True, expect={"lane": None, "traceparent": True}),
-        Config("sdk+gb", "gb", {**sdk_env, "GRAYBAGGAGE_MODE": "tracing",
+        # A/A control for the SDK pair (not in the default set)
+        Config("sdk-2", "otel", {**sdk_env, **sdk_distro, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled_otel},
+               shim=True, expect={"lane": None, "traceparent": True}),
+        # No GRAYBAGGAGE_MODE: with an exporter configured, auto mode is tracing. Both SDK configurations
+        # have the same number of environment variables, which matters: requests scans os.environ for
+        # proxy settings on every call, so each extra variable costs every outbound call.
+        Config("sdk+gb", "gb", {**sdk_env,
                                 "OTEL_PYTHON_CONFIGURATOR": sdk_distro["OTEL_PYTHON_CONFIGURATOR"],
                                 "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled_gb},
                shim=True, expect={"lane": LANE, "traceparent": True}),
@@ -399,6 +406,7 @@ def median(xs: list[float]) -> float:
 DEFAULT_CONFIGS = ("plain", "otel-nosdk", "lanes", "sdk", "sdk+gb", "route-off", "route-on")
 RATIOS = [  # (numerator, reference, target)
     ("plain-2", "plain", None),
+    ("sdk-2", "sdk", None),
     ("lanes", "plain", 0.97),
     ("otel-nosdk", "plain", None),
     ("sdk", "plain", None),

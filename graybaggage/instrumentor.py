@@ -15,14 +15,14 @@ from opentelemetry.propagators.composite import CompositePropagator
 
 from graybaggage import _runtime, _spans, config, integrations
 from graybaggage._log import log_once
-from graybaggage.propagator import LanePropagator
+from graybaggage.propagator import LaneBaggagePropagator, LanePropagator
 
 _logger = logging.getLogger(__name__)
 _saved_textmap: Any = None
 
 
 def _has_lane_propagator(propagator: Any) -> bool:
-    if isinstance(propagator, LanePropagator):
+    if isinstance(propagator, (LanePropagator, LaneBaggagePropagator)):
         return True
     return any(_has_lane_propagator(p) for p in getattr(propagator, "_propagators", ()))
 
@@ -44,8 +44,26 @@ def ensure_propagator(settings: config.Settings) -> bool:
                  "(last) to carry it everywhere", settings.user_propagators, level=logging.INFO)
         return False
     _saved_textmap = current
-    set_global_textmap(CompositePropagator([current, LanePropagator(settings)]))
+    set_global_textmap(compose(current, settings))
     return True
+
+
+def compose(current: Any, settings: config.Settings) -> Any:
+    """The global propagator with the lane added.
+
+    OpenTelemetry's default (``tracecontext,baggage``: exactly a TraceContext and a W3C baggage propagator)
+    becomes ``[tracecontext, LaneBaggagePropagator]``, one flat composite that does what the default followed
+    by the lane propagator does, at about half the cost per request. Anything else is kept whole, with the
+    lane propagator after it.
+    """
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    parts = getattr(current, "_propagators", None)
+    if (type(current) is CompositePropagator and isinstance(parts, list) and len(parts) == 2
+            and type(parts[0]) is TraceContextTextMapPropagator and type(parts[1]) is W3CBaggagePropagator):
+        return CompositePropagator([parts[0], LaneBaggagePropagator(settings)])
+    return CompositePropagator([current, LanePropagator(settings)])
 
 
 class GraybaggageInstrumentor(BaseInstrumentor):  # type: ignore[misc]

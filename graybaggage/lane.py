@@ -125,6 +125,10 @@ def set_lane(key: str, lane: str | None, context: Context | None = None) -> Cont
 
             return context if context is not None else get_current()
         return baggage.remove_baggage(key, context)
+    if baggage.get_baggage(key, context) == lane:  # already there: no copy
+        from opentelemetry.context import get_current
+
+        return context if context is not None else get_current()
     return baggage.set_baggage(key, lane, context)
 
 

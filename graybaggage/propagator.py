@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any, MutableMapping
 
+from opentelemetry.baggage import get_all, set_baggage
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, create_key, get_current, get_value
 from opentelemetry.propagators.textmap import (
     CarrierT,
@@ -55,6 +57,9 @@ class LanePropagator(TextMapPropagator):
         except Exception:  # a hostile or odd carrier must never break the request
             log_problem("unreadable-carrier", "carrier")
             return context
+        return self._extract_values(header_values, baggage_values, context)
+
+    def _extract_values(self, header_values: Any, baggage_values: Any, context: Context) -> Context:
         lane, problem, present = lane_from_carrier(
             list(header_values) if header_values else None,
             baggage_values[0] if baggage_values else None,
@@ -87,3 +92,105 @@ def add_baggage_member(carrier: Any, key: str, lane: str, setter: Setter[Any] = 
     merged = replace_baggage_member(existing, key, lane)
     if merged != existing:
         setter.set(carrier, "baggage", merged)
+
+
+_MEMO_MAX = 512
+_MEMO_VALUE_MAX = 1024
+
+
+class LaneBaggagePropagator(W3CBaggagePropagator):
+    """OpenTelemetry's W3C ``baggage`` propagator followed by :class:`LanePropagator`, in one step.
+
+    :func:`graybaggage.instrumentor.ensure_propagator` puts it in place of OpenTelemetry's default
+    ``tracecontext,baggage`` pair when the user did not set ``OTEL_PROPAGATORS``. It does exactly what
+    ``CompositePropagator([W3CBaggagePropagator(), LanePropagator()])`` does (the tests compare the two on
+    many carriers and contexts), but OpenTelemetry's own parse of a ``baggage`` header and its formatting of
+    a baggage set run once per distinct value and are remembered: in a service the same few values repeat
+    on every request. Validation, limits and warnings are OpenTelemetry's, computed by the upstream class
+    itself; a warning for a bad value is therefore logged the first time that value is seen, not on every
+    request. The memory is bounded (``_MEMO_MAX`` values of at most ``_MEMO_VALUE_MAX`` characters; only
+    all-string baggage is remembered).
+    """
+
+    def __init__(self, settings: config.Settings | None = None) -> None:
+        self._lane = LanePropagator(settings)
+        self._key = self._lane._key
+        self._parsed: dict[str, tuple[tuple[str, object], ...]] = {}
+        self._formatted: dict[tuple[tuple[str, object], ...], str | None] = {}
+
+    # -- extract ----------------------------------------------------------------------------------
+    def _entries(self, header: str) -> tuple[tuple[str, object], ...]:
+        """The members OpenTelemetry's W3C propagator extracts from ``header``, in order (memoised)."""
+        entries = self._parsed.get(header)
+        if entries is None:
+            ctx = W3CBaggagePropagator.extract(self, {"baggage": [header]}, Context())
+            entries = tuple(get_all(ctx).items())
+            if len(header) <= _MEMO_VALUE_MAX and len(self._parsed) < _MEMO_MAX:
+                self._parsed[header] = entries
+        return entries
+
+    def extract(self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter) -> Context:
+        if context is None:
+            context = get_current()
+        try:
+            baggage_values = getter.get(carrier, "baggage")
+            header = next(iter(baggage_values), None) if baggage_values is not None else None
+        except Exception:  # a hostile or odd carrier must never break the request
+            log_problem("unreadable-carrier", "carrier")
+            return context
+        if not isinstance(header, str):
+            header = None
+        elif header:
+            for name, value in self._entries(header):
+                context = set_baggage(name, value, context)
+        decided = get_value(DECIDED_KEY)
+        if decided is not None:
+            return set_lane(self._key, decided or None, context)
+        try:
+            header_values = getter.get(carrier, self._key)
+        except Exception:
+            log_problem("unreadable-carrier", "carrier")
+            return context
+        return self._lane._extract_values(header_values, None if header_values or not header else [header], context)
+
+    # -- inject -----------------------------------------------------------------------------------
+    def inject(self, carrier: CarrierT, context: Context | None = None, setter: Setter[CarrierT] = default_setter) -> None:
+        if not (isinstance(carrier, MutableMapping) or hasattr(carrier, "get")):  # nothing to merge into
+            W3CBaggagePropagator.inject(self, carrier, context, setter)
+            self._lane.inject(carrier, context, setter)
+            return
+        entries = get_all(context)
+        lane = get_lane(self._key, context)
+        if entries:
+            items = tuple(entries.items())
+            memo = (items, lane)
+            try:
+                header = self._formatted[memo]  # type: ignore[index]
+            except KeyError:
+                header = self._format(items, lane, context)
+                if (header is not None and len(header) <= _MEMO_VALUE_MAX and len(self._formatted) < _MEMO_MAX
+                        and all(type(v) is str for _, v in items)):
+                    self._formatted[memo] = header  # type: ignore[index]
+            except TypeError:  # an unhashable baggage value: no memo
+                header = self._format(items, lane, context)
+            if header is not None:
+                setter.set(carrier, "baggage", header)
+                if lane is not None:
+                    setter.set(carrier, self._key, lane)
+                return
+        # Nothing OpenTelemetry would write: the lane alone, merged into what the carrier already holds.
+        self._lane.inject(carrier, context, setter)
+
+    def _format(self, items: tuple[tuple[str, object], ...], lane: str | None, context: Context | None) -> str | None:
+        """OpenTelemetry's ``baggage`` header for ``items`` with the lane member merged in as LanePropagator
+        merges it; None when OpenTelemetry writes no header (every member dropped by its limits)."""
+        scratch: dict[str, str] = {}
+        W3CBaggagePropagator.inject(self, scratch, context)
+        header = scratch.get("baggage")
+        if not header:
+            return None
+        return replace_baggage_member(header, self._key, lane) if lane is not None else header
+
+    @property
+    def fields(self) -> set[str]:
+        return {self._key, "baggage"}

@@ -120,3 +120,161 @@ def test_hostile_carrier_never_raises(prop):
 ])
 def test_lane_from_carrier(headers, bag, expect):
     assert lane_from_carrier(headers, bag, "x-mse-tag") == expect
+
+
+# ---------------------------------------------------------------------------------------------------
+# LaneBaggagePropagator: the same behaviour as OpenTelemetry's W3C baggage propagator followed by the
+# lane propagator (the pair it replaces in the default global propagator), first call and memoised call.
+# ---------------------------------------------------------------------------------------------------
+from opentelemetry.context import attach, detach, set_value  # noqa: E402
+
+from graybaggage.propagator import DECIDED_KEY, LaneBaggagePropagator  # noqa: E402
+
+_BAGGAGE_VALUES = [
+    None, "", "x-mse-tag=gray", "x-mse-tag=blue", "userId=7,x-mse-tag=gray", "x-mse-tag=gray,userId=7",
+    "X-MSE-TAG=gray", "x-mse-tag=GRAY", "x-mse-tag=gray;prop=1", "x-mse-tag = gray , a=b",
+    "x-mse-tag=gray,x-mse-tag=blue", "a=1,b=2", "a=%20x,x-mse-tag=gray", "bad entry,x-mse-tag=gray",
+    "x-mse-tag=" + "a" * 64, "x-mse-tag=gray," + ",".join(f"k{i}=v" for i in range(200)),
+    "k=" + "v" * 5000 + ",x-mse-tag=gray", "x-mse-tag=gr%61y", "é=1,x-mse-tag=gray", "x-mse-tag",
+]
+_HEADER_VALUES = [None, "gray", "blue", "GRAY", "", "gray,blue", " gray "]
+
+
+def _starting_contexts():
+    yield "empty", Context()
+    yield "other-baggage", baggage.set_baggage("tenant", "t1", Context())
+    yield "lane-in-baggage", baggage.set_baggage("x-mse-tag", "blue", baggage.set_baggage("u", "1", Context()))
+
+
+def _pair():
+    return CompositePropagator([W3CBaggagePropagator(), LanePropagator(SETTINGS)])
+
+
+@pytest.mark.parametrize("bag", _BAGGAGE_VALUES)
+def test_lane_baggage_extract_equals_upstream_pair(bag):
+    ours, ref = LaneBaggagePropagator(SETTINGS), _pair()
+    for header in _HEADER_VALUES:
+        carrier = {}
+        if bag is not None:
+            carrier["baggage"] = bag
+        if header is not None:
+            carrier["x-mse-tag"] = header
+        for name, start in _starting_contexts():
+            expected = dict(baggage.get_all(ref.extract(carrier, start)))
+            for attempt in ("first", "memoised"):
+                got = dict(baggage.get_all(ours.extract(carrier, start)))
+                assert list(got.items()) == list(expected.items()), (bag, header, name, attempt)
+
+
+@pytest.mark.parametrize("decided", ["gray", ""])
+def test_lane_baggage_extract_keeps_the_inbound_decision(decided):
+    ours, ref = LaneBaggagePropagator(SETTINGS), _pair()
+    token = attach(set_value(DECIDED_KEY, decided))
+    try:
+        for bag in ("x-mse-tag=blue", "a=1", None):
+            carrier = {"x-mse-tag": "blue"} if bag is None else {"baggage": bag, "x-mse-tag": "blue"}
+            for _, start in _starting_contexts():
+                expected = dict(baggage.get_all(ref.extract(carrier, start)))
+                assert dict(baggage.get_all(ours.extract(carrier, start))) == expected
+                assert baggage.get_baggage("x-mse-tag", ours.extract(carrier, start)) == (decided or None)
+    finally:
+        detach(token)
+
+
+def _inject_contexts():
+    yield Context()
+    yield baggage.set_baggage("x-mse-tag", "gray", Context())
+    yield baggage.set_baggage("x-mse-tag", "GRAY", Context())  # not a lane: never injected as one
+    yield baggage.set_baggage("x-mse-tag", "gray", baggage.set_baggage("userId", "a b", Context()))
+    yield baggage.set_baggage("tenant", "t1", Context())
+    yield baggage.set_baggage("x-mse-tag", "gray", baggage.set_baggage("n", 3, Context()))  # non-str value
+    yield baggage.set_baggage("x-mse-tag", "gray", baggage.set_baggage("n", 1, Context()))  # 1 == True, and
+    yield baggage.set_baggage("x-mse-tag", "gray", baggage.set_baggage("n", True, Context()))  # hash(1) == hash(True)
+    many = Context()
+    for i in range(185):  # past OpenTelemetry's 180-member limit: it drops the lane, the lane step adds it back
+        many = baggage.set_baggage(f"k{i}", "v", many)
+    yield baggage.set_baggage("x-mse-tag", "gray", many)
+    yield baggage.set_baggage("x-mse-tag", "gray", baggage.set_baggage("big", "v" * 5000, Context()))
+    yield baggage.set_baggage("x-mse-tag", "blue", baggage.set_baggage("x", "y;z", Context()))
+
+
+def _prefilled():
+    yield {}
+    yield {"baggage": "x-mse-tag=blue,keep=1"}
+    yield {"Baggage": "keep=1", "x-mse-tag": "old"}
+
+
+def test_lane_baggage_inject_equals_upstream_pair():
+    ours, ref = LaneBaggagePropagator(SETTINGS), _pair()
+    for i, ctx in enumerate(_inject_contexts()):
+        for j, pre in enumerate(_prefilled()):
+            expected = dict(pre)
+            ref.inject(expected, ctx)
+            for attempt in ("first", "memoised"):
+                got = dict(pre)
+                ours.inject(got, ctx)
+                assert got == expected, (i, j, attempt)
+                assert list(got) == list(expected), (i, j, attempt)
+
+
+def test_lane_baggage_inject_into_a_carrier_without_get():
+    class Sink:  # a carrier only its setter understands
+        def __init__(self):
+            self.items = []
+
+    class Append:
+        def set(self, carrier, key, value):
+            carrier.items.append((key, value))
+
+    ctx = baggage.set_baggage("x-mse-tag", "gray", baggage.set_baggage("u", "1", Context()))
+    ours, ref = Sink(), Sink()
+    LaneBaggagePropagator(SETTINGS).inject(ours, ctx, Append())
+    _pair().inject(ref, ctx, Append())
+    assert ours.items == ref.items
+
+
+def test_lane_baggage_memory_is_bounded():
+    p = LaneBaggagePropagator(SETTINGS)
+    for i in range(3000):
+        p.extract({"baggage": f"x-mse-tag=gray,req={i}"}, Context())
+        p.inject({}, baggage.set_baggage("req", str(i), baggage.set_baggage("x-mse-tag", "gray", Context())))
+    p.extract({"baggage": "x-mse-tag=gray,big=" + "v" * 2000}, Context())
+    assert len(p._parsed) <= 512 and len(p._formatted) <= 512
+    assert all(len(k) <= 1024 for k in p._parsed)
+
+
+def test_lane_baggage_warns_once_per_bad_value(caplog):
+    p = LaneBaggagePropagator(SETTINGS)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            p.extract({"baggage": "bad entry,x-mse-tag=gray"}, Context())
+    otel = [r for r in caplog.records if r.name.startswith("opentelemetry")]
+    assert len(otel) == 1, [r.getMessage() for r in otel]
+
+
+def test_lane_baggage_hostile_carrier_never_raises():
+    class Hostile:
+        def get(self, key):
+            raise RuntimeError("no")
+
+    class Getter:
+        def get(self, carrier, key):
+            return carrier.get(key)
+
+        def keys(self, carrier):
+            return []
+
+    ctx = LaneBaggagePropagator(SETTINGS).extract(Hostile(), Context(), Getter())
+    assert baggage.get_all(ctx) == {}
+
+
+def test_default_propagator_becomes_tracecontext_plus_lane_baggage():
+    from graybaggage.instrumentor import compose
+
+    default = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    flat = compose(default, SETTINGS)
+    assert [type(p) for p in flat._propagators] == [TraceContextTextMapPropagator, LaneBaggagePropagator]
+    assert flat.fields == default.fields | {"x-mse-tag"}
+    other = CompositePropagator([W3CBaggagePropagator(), TraceContextTextMapPropagator()])  # not the default
+    kept = compose(other, SETTINGS)
+    assert kept._propagators[0] is other and type(kept._propagators[1]) is LanePropagator

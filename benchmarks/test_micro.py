@@ -106,6 +106,46 @@ def test_reference_otel_w3c_baggage_extract(benchmark):
     assert otel_baggage.get_baggage(KEY, ctx) == "gray"
 
 
+# --------------------------------------------------------------------------------------------------
+# The global propagator in tracing mode: OpenTelemetry's default plus the lane, as graybaggage composes it
+# (tracecontext + LaneBaggagePropagator) and as the plain composition would (default, then lane)
+# --------------------------------------------------------------------------------------------------
+_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def _global_pair():
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    from graybaggage.instrumentor import compose
+
+    default = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    return {"graybaggage": compose(default, _settings()),
+            "reference_plain_composition": CompositePropagator([default, LanePropagator(_settings())])}
+
+
+@pytest.mark.benchmark(group="global-propagator")
+@pytest.mark.parametrize("which", ["graybaggage", "reference_plain_composition"])
+def test_global_extract_tagged_request(benchmark, which):
+    p = _global_pair()[which]
+    carrier = {KEY: "gray", "baggage": f"{KEY}=gray", "traceparent": _TRACEPARENT}
+    ctx = benchmark(p.extract, carrier)
+    assert get_lane(KEY, ctx) == "gray"
+
+
+@pytest.mark.benchmark(group="global-propagator")
+@pytest.mark.parametrize("which", ["graybaggage", "reference_plain_composition"])
+def test_global_inject_lane(benchmark, which):
+    p = _global_pair()[which]
+    ctx = set_lane(KEY, "gray", Context())
+
+    def run() -> dict:
+        carrier: dict = {}
+        p.inject(carrier, ctx)
+        return carrier
+
+    assert benchmark(run) == {"baggage": f"{KEY}=gray", KEY: "gray"}
+
+
 @pytest.mark.benchmark(group="propagator-inject")
 def test_inject_dict(benchmark, prop):
     ctx = set_lane(KEY, "gray", Context())

@@ -26,6 +26,14 @@ def _raw(owner: Any, attr: str) -> Any:
     return owner.__dict__.get(attr) if isinstance(owner, type) else getattr(owner, attr, None)
 
 
+def is_hooked(cls: type, attr: str) -> bool:
+    """True when the ``attr`` that instances of ``cls`` use (first in the MRO) carries graybaggage's wrapper."""
+    for klass in getattr(cls, "__mro__", ()):
+        if attr in klass.__dict__:
+            return _is_ours(klass.__dict__[attr])
+    return False
+
+
 def wrap(owner: Any, attr: str, wrapper: Callable[..., Any]) -> bool:
     """Wrap ``owner.attr`` with a wrapt wrapper ``wrapper(wrapped, instance, args, kwargs)``, once."""
     current = _raw(owner, attr)

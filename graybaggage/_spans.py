@@ -18,8 +18,10 @@ def add_span_processor(provider: Any, header: str, instance_lane: str) -> bool:
 
     class LaneSpanProcessor(SpanProcessor):
         def on_start(self, span: Any, parent_context: Any = None) -> None:
-            span.set_attributes({ATTR_LANE: get_lane(header, parent_context) or BASE,
-                                 ATTR_INSTANCE_LANE: instance_lane})
+            # Two set_attribute calls: set_attributes(dict) is slower (the SDK checks a mapping against the
+            # Sequence and Mapping ABCs before cleaning it).
+            span.set_attribute(ATTR_LANE, get_lane(header, parent_context) or BASE)
+            span.set_attribute(ATTR_INSTANCE_LANE, instance_lane)
 
     provider.add_span_processor(LaneSpanProcessor())
     provider._graybaggage_processor = True

@@ -35,7 +35,7 @@ def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _r
         existing = headers.get("baggage")
         if not existing:
             headers["baggage"] = baggage_member(key, lane)
-        else:
+        elif existing != baggage_member(key, lane):  # (the usual value after a propagator's inject)
             merged = replace_baggage_member(existing, key, lane)
             if merged != existing:
                 headers["baggage"] = merged
@@ -80,7 +80,7 @@ def decide(rt: _runtime.Runtime, lane: str | None, url: str) -> tuple[Route | No
     A fast authority parse finds most "no route" answers; a route is only taken after the standard
     parser (the one the rewrite uses) agrees on host and port.
     """
-    if lane is None or not rt.settings.routing:
+    if lane is None or not rt.settings.routing or not rt.router.routes_lane(lane):
         return None, None
     fast = _authority(url)
     if fast is not None:

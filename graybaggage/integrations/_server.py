@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-from opentelemetry.context import attach, detach, get_current, set_value
+from opentelemetry.context import Context, attach, detach, get_current, set_value
 
-from graybaggage import _runtime
+from graybaggage import _patch, _runtime
 from graybaggage._request import ASGIRequestView, WSGIRequestView
 from graybaggage.lane import set_lane
 from graybaggage.propagator import DECIDED_KEY
@@ -16,9 +16,26 @@ MARK = "graybaggage.lane"
 pass through (a leftover context from another request never counts as "already decided")."""
 
 
+_entry_contexts: dict[tuple[str, str | None], Context] = {}
+_MAX_ENTRY_CONTEXTS = 256
+
+
 def _enter(lane: str | None, key: str) -> object:
-    ctx = set_lane(key, lane, get_current())
-    return attach(set_value(DECIDED_KEY, lane or "", ctx))
+    """Attach the request's lane (and the decision) to the current context; returns the token.
+
+    A server thread usually has nothing attached between requests, so the context to attach depends only on
+    the lane: it is built once per lane and shared (OpenTelemetry contexts are never changed in place, every
+    ``set_value`` makes a new one). Anything else attached builds a fresh context on top of it.
+    """
+    current = get_current()
+    if not current:
+        ctx = _entry_contexts.get((key, lane))
+        if ctx is None:
+            ctx = set_value(DECIDED_KEY, lane or "", set_lane(key, lane, current))
+            if len(_entry_contexts) < _MAX_ENTRY_CONTEXTS:
+                _entry_contexts[(key, lane)] = ctx
+        return attach(ctx)
+    return attach(set_value(DECIDED_KEY, lane or "", set_lane(key, lane, current)))
 
 
 class _LaneBody:
@@ -65,8 +82,12 @@ def handle_wsgi(environ: dict, call: Callable[[], Any]) -> Any:
 
 
 def wrap_wsgi_app(app: Any) -> Any:
-    """A WSGI app that runs ``app`` under :func:`handle_wsgi` (idempotent)."""
-    if getattr(app, "_graybaggage", False):
+    """A WSGI app that runs ``app`` under :func:`handle_wsgi` (idempotent).
+
+    ``app`` itself is returned when it already is ours, or when its class is one graybaggage hooks (Flask,
+    Django's WSGIHandler): that hook decides the lane, and a second layer would only add cost per request.
+    """
+    if getattr(app, "_graybaggage", False) or _patch.is_hooked(type(app), "__call__"):
         return app
 
     def graybaggage_wsgi(environ: dict, start_response: Any) -> Any:

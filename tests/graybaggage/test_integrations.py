@@ -99,6 +99,49 @@ def test_gunicorn_serving_a_plain_wsgi_app(mode, sink):
         front.kill()
 
 
+def test_gunicorn_serving_a_flask_app(mode, sink):
+    """gunicorn adds no layer of its own over a Flask app (Flask's hook decides); lanes still flow, and an
+    invalid tag still lands on base."""
+    port = support.free_port()
+    front = support.start("front-gunicorn-flask", {"HOP_NEXT": sink.url, "PYTHONPATH": str(support.ROOT), **MODES[mode]},
+                          port=port, cmd=[str(support.BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}",
+                                          "tests.apps.hop:make_flask()"])
+    try:
+        _check(front, sink)
+        bad = support.chain_of(support.get(front.url + "/p", {"x-mse-tag": "GRAY;drop"}))
+        assert bad[-1]["header"] is None and "x-mse-tag" not in (bad[-1]["baggage"] or ""), bad
+    finally:
+        front.kill()
+
+
+def test_server_hooks_add_no_second_layer_over_a_hooked_framework():
+    """The skip rule behind the test above: wrap_wsgi_app leaves an app of a class graybaggage hooks alone
+    and wraps anything else."""
+    import flask
+
+    import graybaggage
+    from graybaggage.integrations._server import wrap_wsgi_app
+
+    graybaggage.instrument(mode="lanes")
+    try:
+        app = flask.Flask("t")
+
+        class Sub(flask.Flask):
+            pass
+
+        def plain(environ, start_response):
+            return []
+
+        assert wrap_wsgi_app(app) is app
+        assert wrap_wsgi_app(Sub("s")).__class__ is Sub
+        wrapped = wrap_wsgi_app(plain)
+        assert wrapped is not plain and wrapped.__wrapped__ is plain
+        assert wrap_wsgi_app(wrapped) is wrapped
+    finally:
+        graybaggage.uninstrument()
+    assert wrap_wsgi_app(app) is not app  # Flask is no longer hooked: the server layer is needed again
+
+
 def test_no_lane_leaks_between_requests_through_an_inner_otel_middleware(mode, sink):
     """OpenTelemetry's WSGI middleware detaches after the body is iterated; graybaggage's hook must detach
     after that too, or the next request on the worker thread inherits the lane."""

@@ -3,7 +3,8 @@
 
     python benchmarks/chain.py --rounds 5 --seconds 8
 
-Every configuration's servers start once; then each round loads every configuration in turn, for the
+Every configuration's servers start once (with --restart: fresh servers for every measurement, each warmed up
+first); then each round loads every configuration in turn, for the
 same time, from a separate process (wrk when installed, else a bounded Python load generator), in a new
 (seeded, shuffled) order each round; with two configurations the order alternates AB, BA, AB, ... Reported: median throughput, p50/p99 latency, server CPU per request, and
 per-round paired ratios (each configuration against its reference measured in the same round).
@@ -509,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-requests", type=int, default=200_000, help="cap per run (bounded in count too)")
     ap.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--configs", default="", help="comma-separated configs (default: all but the plain-2 control)")
+    ap.add_argument("--restart", action="store_true",
+                    help="start fresh servers for every configuration in every round (and warm them up): "
+                         "averages out per-process luck (memory layout, hash seeds), which shows as a steady "
+                         "few-percent gap between identical chains")
     ap.add_argument("--seed", type=int, default=1, help="seed of the per-round order shuffle (3+ configs)")
     ap.add_argument("--out", default="", help="JSON result path (default benchmarks/results/chain-<time>.json)")
     ap.add_argument("--profile", action="store_true",
@@ -541,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     all_servers: list[Server] = []
     by_cfg: dict[str, dict[str, Server]] = {}
     meta = {
-        "rounds": args.rounds, "seconds": args.seconds, "connections": args.connections, "workers": args.workers,
+        "rounds": args.rounds, "seconds": args.seconds, "restart": args.restart, "connections": args.connections, "workers": args.workers,
         "loadgen": loadgen, "python": platform.python_version(), "machine": platform.platform(),
         "cpus": os.cpu_count(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "otel_distro_installed": _has_otel_distro(), "instrumentors": _installed_instrumentors(),
@@ -556,44 +561,51 @@ def main(argv: list[str] | None = None) -> int:
         pass
     print(f"chain benchmark: {len(configs)} configs, {args.rounds} rounds x {args.seconds}s, loadgen={loadgen}, "
           f"logs in {tmp}", flush=True)
-    try:
-        port = BASE_PORT
-        for cfg in configs:
+    ports: dict[str, int] = {}
+    checks: dict = {}
+
+    def bring_up(cfg: Config) -> dict[str, Server]:
+        """Start one configuration's servers (same ports every time), wait, check it is what it claims."""
+        if cfg.name not in ports:
+            port = max(ports.values(), default=BASE_PORT - 10) + 10
             while not all(_port_free(p) for p in range(port, port + 3)):
                 port += 10
-            p1, p2, p2b = port, port + 1, port + 2
-            port += 10
-            hop1_extra = dict(cfg.hop1_env)
-            if hop1_extra.get("GRAYBAGGAGE_LANE_TABLE") == "@route":
-                hop1_extra["GRAYBAGGAGE_LANE_TABLE"] = json.dumps(
-                    {"version": 1, "lanes": {LANE: {"fallback": "base", "routes": {f"{HOST}:{p2}": f"{HOST}:{p2b}"}}}})
-            servers = {
-                "hop2": start_server(cfg, "hop2", "hop2", p2, "", args.workers, shim, tmp, {}, profile_dir),
-                "hop1": start_server(cfg, "hop1", "hop1", p1, f"http://{HOST}:{p2}", args.workers, shim, tmp,
-                                     hop1_extra, profile_dir),
-            }
-            if cfg.hop2b:
-                servers["hop2b"] = start_server(cfg, "hop2", "hop2-gray", p2b, "", args.workers, shim, tmp, {},
-                                                profile_dir)
-            by_cfg[cfg.name] = servers
-            all_servers.extend(servers.values())
-        for cfg in configs:
-            wait_ready(list(by_cfg[cfg.name].values()))
-        checks = {}
-        bad = False
-        for cfg in configs:
-            info = sanity(cfg, by_cfg[cfg.name])
-            checks[cfg.name] = info
-            st = info["stats"]["hop1"]
-            print(f"  ready {cfg.name:<10} hop1 tracer_provider={st['tracer_provider']} gb_mode={st['graybaggage_mode']} "
-                  f"hop2 saw lane={info['hop2_saw_lane']!r} traceparent={info['hop2_saw_traceparent']} "
-                  f"served_by={info['served_by']}" + (f"  PROBLEMS: {info['problems']}" if info["problems"] else ""),
-                  flush=True)
-            bad = bad or bool(info["problems"])
-        if bad:
-            print("configuration checks failed; not measuring", file=sys.stderr)
-            return 1
+            ports[cfg.name] = port
+        p1 = ports[cfg.name]
+        p2, p2b = p1 + 1, p1 + 2
+        hop1_extra = dict(cfg.hop1_env)
+        if hop1_extra.get("GRAYBAGGAGE_LANE_TABLE") == "@route":
+            hop1_extra["GRAYBAGGAGE_LANE_TABLE"] = json.dumps(
+                {"version": 1, "lanes": {LANE: {"fallback": "base", "routes": {f"{HOST}:{p2}": f"{HOST}:{p2b}"}}}})
+        servers = {
+            "hop2": start_server(cfg, "hop2", "hop2", p2, "", args.workers, shim, tmp, {}, profile_dir),
+            "hop1": start_server(cfg, "hop1", "hop1", p1, f"http://{HOST}:{p2}", args.workers, shim, tmp,
+                                 hop1_extra, profile_dir),
+        }
+        if cfg.hop2b:
+            servers["hop2b"] = start_server(cfg, "hop2", "hop2-gray", p2b, "", args.workers, shim, tmp, {},
+                                            profile_dir)
+        by_cfg[cfg.name] = servers
+        all_servers.extend(servers.values())
+        return servers
 
+    def check(cfg: Config) -> bool:
+        info = sanity(cfg, by_cfg[cfg.name])
+        checks[cfg.name] = info
+        st = info["stats"]["hop1"]
+        print(f"  ready {cfg.name:<10} hop1 tracer_provider={st['tracer_provider']} gb_mode={st['graybaggage_mode']} "
+              f"hop2 saw lane={info['hop2_saw_lane']!r} traceparent={info['hop2_saw_traceparent']} "
+              f"served_by={info['served_by']}" + (f"  PROBLEMS: {info['problems']}" if info["problems"] else ""),
+              flush=True)
+        return not info["problems"]
+
+    def take_down(cfg: Config) -> None:
+        servers = list(by_cfg.pop(cfg.name).values())
+        stop_servers(servers)
+        for srv in servers:
+            all_servers.remove(srv)
+
+    try:
         def load(cfg: Config, seconds: float) -> dict:
             servers = list(by_cfg[cfg.name].values())
             url = by_cfg[cfg.name]["hop1"].url
@@ -606,10 +618,18 @@ def main(argv: list[str] | None = None) -> int:
             r["cpu_us_per_req"] = r["server_cpu_s"] / max(1, r["requests"]) * 1e6
             return r
 
-        if args.warmup > 0:
+        if not args.restart:  # every configuration's servers start once and stay up for all rounds
             for cfg in configs:
-                load(cfg, args.warmup)
-            print(f"  warmed up ({args.warmup}s each)", flush=True)
+                bring_up(cfg)
+            for cfg in configs:
+                wait_ready(list(by_cfg[cfg.name].values()))
+            if not all([check(cfg) for cfg in configs]):
+                print("configuration checks failed; not measuring", file=sys.stderr)
+                return 1
+            if args.warmup > 0:
+                for cfg in configs:
+                    load(cfg, args.warmup)
+                print(f"  warmed up ({args.warmup}s each)", flush=True)
 
         results: dict[str, list[dict]] = {c.name: [] for c in configs}
         rng = random.Random(args.seed)
@@ -621,6 +641,13 @@ def main(argv: list[str] | None = None) -> int:
                 order = list(configs)
                 rng.shuffle(order)
             for cfg in order:
+                if args.restart:  # fresh processes for every measurement: no one server instance's luck
+                    wait_ready(list(bring_up(cfg).values()))
+                    if not check(cfg):
+                        print("configuration checks failed; not measuring", file=sys.stderr)
+                        return 1
+                    if args.warmup > 0:
+                        load(cfg, args.warmup)
                 bg = busy_background()
                 r = load(cfg, args.seconds)
                 r.update(round=rnd, order=order.index(cfg), background=bg, loadavg=os.getloadavg()[0])
@@ -628,8 +655,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  [round {rnd + 1}/{args.rounds}] {cfg.name:<10} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
                       f"p99 {r['p99_ms']:6.2f} ms  cpu {r['cpu_us_per_req']:5.0f} us/req  errors {r['errors']}"
                       + (f"  ({bg})" if bg else ""), flush=True)
+                if args.restart:
+                    checks[cfg.name]["stats_after"] = {n: _get_json(x.url + "/stats") for n, x in by_cfg[cfg.name].items()}
+                    take_down(cfg)
         for cfg in configs:  # spans really exported in the SDK configurations?
-            checks[cfg.name]["stats_after"] = {n: _get_json(s.url + "/stats") for n, s in by_cfg[cfg.name].items()}
+            if cfg.name in by_cfg:
+                checks[cfg.name]["stats_after"] = {n: _get_json(x.url + "/stats") for n, x in by_cfg[cfg.name].items()}
         summary = summarize(results, [c.name for c in configs])
         md = markdown(summary, meta)
         print()

@@ -6,8 +6,9 @@
 The deterministic companion of ``hop_cpu.py``: the same in-process child (benchmarks/chain_app.py driven by
 Flask's test client, started exactly as chain.py starts its servers), run under
 ``valgrind --tool=cachegrind --cache-sim=no``, which counts executed instructions whatever else the machine
-is doing. Each configuration runs twice, with ``--base`` and with ``--base + --requests`` requests after the
-warm-up; the difference divided by ``--requests`` is the cost of one request, free of start-up costs.
+is doing. Each configuration runs twice, with ``--base`` warm-up requests only and with ``--requests`` more after them
+(after a full collection and ``gc.freeze()``, so a full collection's luck does not decide the count); the
+difference divided by ``--requests`` is the cost of one request, free of start-up costs.
 ``--hop hop1`` makes the real ``requests`` call to a plain gunicorn hop2 on 127.0.0.1 (outside valgrind).
 
 Instructions are not time (a dict lookup and a syscall differ in cycles per instruction), but a change
@@ -33,21 +34,33 @@ sys.path.insert(0, str(HERE))
 import chain  # noqa: E402
 
 CHILD = r'''
-import sys
+import gc, sys
 sys.path.insert(0, sys.argv[1])
 import chain_app
 c = chain_app.app.test_client()
 headers = {"x-mse-tag": "gray"}
-n, path = int(sys.argv[2]), sys.argv[3]
-for _ in range(n):
-    assert c.get(path, headers=headers).status_code == 200
+base, extra, path = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+for _ in range(base):
+    r = c.get(path, headers=headers)
+    assert r.status_code == 200
+    r.close()  # as a WSGI server does: the app's response is closed (graybaggage detaches the lane then)
+# Full collections sweep the whole heap, so whether one falls inside a short measured window is luck (it
+# moved a configuration by 130k instructions per request over 100 requests). Freeze what start-up and the
+# warm-up left; young collections, which scale with what each request allocates, still run and count.
+gc.collect()
+gc.freeze()
+for _ in range(extra):
+    r = c.get(path, headers=headers)
+    assert r.status_code == 200
+    r.close()  # as a WSGI server does: the app's response is closed (graybaggage detaches the lane then)
 '''
 _IREFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
-def count(cfg: chain.Config, shim: Path, child: Path, n: int, hop: str, next_url: str, workdir: Path) -> int:
-    """Instructions executed by the child process (after any exec) for ``n`` requests."""
-    cmd = [sys.executable, str(child), str(HERE), str(n), "/work" if hop == "hop2" else "/"]
+def count(cfg: chain.Config, shim: Path, child: Path, base: int, extra: int, hop: str, next_url: str,
+          workdir: Path) -> int:
+    """Instructions executed by the child process (after any exec) for ``base`` + ``extra`` requests."""
+    cmd = [sys.executable, str(child), str(HERE), str(base), str(extra), "/work" if hop == "hop2" else "/"]
     if cfg.launcher == "otel":
         cmd = [str(chain.BIN / "opentelemetry-instrument"), *cmd]
     elif cfg.launcher == "gb":
@@ -76,6 +89,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200, help="extra requests in the second run")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", default="", help="JSON results file (default: none)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an extra environment variable for every configuration (repeatable), e.g. to measure "
+                         "what one more variable costs, or to switch a graybaggage integration off")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         print("hop_instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
@@ -87,6 +103,9 @@ def main() -> int:
         print(f"hop_instructions: unknown configs {unknown}; known: {sorted(known)}", file=sys.stderr)
         return 2
     configs = [known[n] for n in names]
+    extra_env = dict(e.split("=", 1) for e in args.env)
+    for cfg in configs:
+        cfg.env = {**cfg.env, **extra_env}
     tmp = Path(tempfile.mkdtemp(prefix="gb-hop-instr-"))
     shim = chain._write_shim(tmp)
     child = tmp / "child.py"
@@ -105,8 +124,8 @@ def main() -> int:
         for rnd in range(args.rounds):
             for cfg in configs:
                 t0 = time.monotonic()
-                lo = count(cfg, shim, child, args.base, args.hop, next_url, tmp)
-                hi = count(cfg, shim, child, args.base + args.requests, args.hop, next_url, tmp)
+                lo = count(cfg, shim, child, args.base, 0, args.hop, next_url, tmp)
+                hi = count(cfg, shim, child, args.base, args.requests, args.hop, next_url, tmp)
                 per = (hi - lo) / args.requests
                 results[cfg.name].append(per)
                 print(f"  [round {rnd + 1}/{args.rounds}] {cfg.name:<10} {per / 1000:8.1f} k instructions per "

@@ -1,7 +1,10 @@
 """Print a pytest-benchmark JSON file (``--benchmark-json``) as the Markdown table in benchmarks/README.md.
 
-    pytest benchmarks/test_micro.py --benchmark-only --benchmark-json benchmarks/results/micro.json
-    python benchmarks/micro_table.py benchmarks/results/micro.json
+    pytest benchmarks/test_micro.py --benchmark-only --benchmark-json /tmp/micro.json
+    python benchmarks/micro_table.py /tmp/micro.json --slim benchmarks/results/micro-<date>.json
+
+``--slim OUT`` also writes the file without pytest-benchmark's raw samples (``stats.data``), which are what
+makes such a file tens of megabytes: commit the slim file, never the raw one.
 """
 from __future__ import annotations
 
@@ -18,8 +21,13 @@ TARGETS = {
 }
 
 
-def main(path: str) -> int:
+def main(path: str, slim: str | None = None) -> int:
     data = json.load(open(path))
+    if slim:
+        for b in data["benchmarks"]:
+            b["stats"].pop("data", None)
+        with open(slim, "w") as f:
+            json.dump(data, f, indent=1)
     rows = ["| group | benchmark | median ns | min ns | target | |", "|---|---|---:|---:|---:|---|"]
     for b in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["stats"]["median"])):
         name = b["name"]
@@ -36,4 +44,14 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    args = sys.argv[1:]
+    out = None
+    if "--slim" in args:
+        i = args.index("--slim")
+        out = args[i + 1] if i + 1 < len(args) else None
+        if out is None:
+            sys.exit("micro_table.py: --slim needs an output path")
+        del args[i:i + 2]
+    if len(args) != 1:
+        sys.exit(__doc__)
+    sys.exit(main(args[0], out))

@@ -22,7 +22,7 @@ from opentelemetry.propagators.textmap import (
 
 from graybaggage import config
 from graybaggage._log import log_once
-from graybaggage.lane import get_lane, lane_from_carrier, replace_baggage_member, set_lane
+from graybaggage.lane import baggage_value, get_lane, lane_from_carrier, replace_baggage_member, set_lane
 
 _logger = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
             header = None
         elif header:
             for name, value in self._entries(header):
-                context = set_baggage(name, value, context)
+                if baggage_value(name, context) != value:  # (equal: setting it again changes nothing)
+                    context = set_baggage(name, value, context)
         decided = get_value(DECIDED_KEY)
         if decided is not None:
             return set_lane(self._key, decided or None, context)

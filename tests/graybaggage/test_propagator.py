@@ -278,3 +278,21 @@ def test_default_propagator_becomes_tracecontext_plus_lane_baggage():
     other = CompositePropagator([W3CBaggagePropagator(), TraceContextTextMapPropagator()])  # not the default
     kept = compose(other, SETTINGS)
     assert kept._propagators[0] is other and type(kept._propagators[1]) is LanePropagator
+
+
+def test_baggage_reads_fall_back_to_the_public_api_if_opentelemetry_moves_its_key(monkeypatch):
+    import importlib
+
+    lane_mod = importlib.import_module("graybaggage.lane")
+
+    assert lane_mod._BAGGAGE_KEY is not None  # today: the direct read is in use
+    with monkeypatch.context() as m:
+        m.delattr(baggage, "_BAGGAGE_KEY")
+        assert lane_mod._baggage_key() is None  # detected at import time, never guessed
+    monkeypatch.setattr(lane_mod, "_BAGGAGE_KEY", None)
+    ctx = lane_mod.set_lane("x-mse-tag", "gray", baggage.set_baggage("u", "1", Context()))
+    assert lane_mod.get_lane("x-mse-tag", ctx) == "gray" and lane_mod.baggage_value("u", ctx) == "1"
+    assert lane_mod.set_lane("x-mse-tag", "gray", ctx) is ctx
+    assert lane_mod.get_lane("x-mse-tag", lane_mod.set_lane("x-mse-tag", None, ctx)) is None
+    test_lane_baggage_inject_equals_upstream_pair()
+    test_lane_baggage_extract_equals_upstream_pair("userId=7,x-mse-tag=gray")

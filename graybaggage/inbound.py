@@ -8,11 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from graybaggage.lane import BASE, lane_from_carrier
-
-
-_VERDICTS_MAX = 256
-_VERDICT_VALUE_MAX = 128
+from graybaggage.lane import BASE, CarrierReader
 
 
 class Inbound:
@@ -35,24 +31,11 @@ class Inbound:
         self.pass_through_lane = pass_through_lane if pass_through_lane not in (None, BASE) else None
         self._rules = rules
         self._on_problem = on_problem
-        self._verdicts: dict[str, tuple[str | None, str | None]] = {}
-
-    def _carried(self, header_values: list[str] | None, baggage_header: str | None) -> tuple[str | None, str | None]:
-        """``(lane, problem)`` carried by the request. A single header value decides alone, so its verdict
-        is remembered (bounded; only short values): services see the same few values on every request."""
-        if header_values is not None and len(header_values) == 1:
-            raw = header_values[0]
-            verdict = self._verdicts.get(raw)
-            if verdict is None:
-                verdict = lane_from_carrier(header_values, None, self.header, self.allowed, self.max_baggage_bytes)[:2]
-                if len(raw) <= _VERDICT_VALUE_MAX and len(self._verdicts) < _VERDICTS_MAX:
-                    self._verdicts[raw] = verdict
-            return verdict
-        return lane_from_carrier(header_values, baggage_header, self.header, self.allowed, self.max_baggage_bytes)[:2]
+        self._reader = CarrierReader(header, allowed, max_baggage_bytes)
 
     def decide(self, header_values: list[str] | None, baggage_header: str | None, view: Callable[[], Any]) -> str | None:
         if not self.edge and (header_values or baggage_header):
-            lane, problem = self._carried(header_values, baggage_header)
+            lane, problem, _ = self._reader.read(header_values, baggage_header)
             if problem is not None:
                 self._on_problem(problem, "header" if header_values else "baggage")
             if lane is not None:

@@ -187,3 +187,40 @@ def lane_from_carrier(
         lane, problem = check_lane(raw, allowed)
         return lane, problem, True
     return None, None, False
+
+
+class CarrierReader:
+    """:func:`lane_from_carrier` with a bounded memo of its verdicts.
+
+    A service sees the same few lane headers and ``baggage`` values on every request, and the verdict for
+    one depends only on the value (and this reader's fixed settings). Only single header values and
+    ``baggage`` values of at most ``value_max`` characters are remembered, at most ``size`` of them; anything
+    else is computed each time. The memo is per instance: nothing global.
+    """
+
+    def __init__(self, key: str, allowed: frozenset[str] | None, max_baggage_bytes: int,
+                 size: int = 256, value_max: int = 256) -> None:
+        self.key = key
+        self.allowed = allowed
+        self.max_baggage_bytes = max_baggage_bytes
+        self.size = size
+        self.value_max = value_max
+        self._verdicts: dict[tuple[bool, str], tuple[str | None, str | None, bool]] = {}
+
+    def read(self, header_values: list[str] | None, baggage_header: str | None) -> tuple[str | None, str | None, bool]:
+        """``(lane, problem_kind, present)`` exactly as :func:`lane_from_carrier` answers."""
+        if header_values:
+            if len(header_values) != 1:
+                return lane_from_carrier(header_values, None, self.key, self.allowed, self.max_baggage_bytes)
+            memo = (True, header_values[0])
+        elif baggage_header:
+            memo = (False, baggage_header)
+        else:
+            return None, None, False
+        verdict = self._verdicts.get(memo)  # type: ignore[arg-type]
+        if verdict is None:
+            verdict = lane_from_carrier(header_values, baggage_header if not header_values else None, self.key,
+                                        self.allowed, self.max_baggage_bytes)
+            if isinstance(memo[1], str) and len(memo[1]) <= self.value_max and len(self._verdicts) < self.size:
+                self._verdicts[memo] = verdict
+        return verdict

@@ -22,7 +22,7 @@ from opentelemetry.propagators.textmap import (
 
 from graybaggage import config
 from graybaggage._log import log_once
-from graybaggage.lane import baggage_value, get_lane, lane_from_carrier, replace_baggage_member, set_lane
+from graybaggage.lane import CarrierReader, baggage_value, get_lane, replace_baggage_member, set_lane
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class LanePropagator(TextMapPropagator):
         self._key = s.header
         self._allowed = s.allowed_lanes
         self._max_baggage = s.max_baggage_bytes
+        self._reader = CarrierReader(self._key, self._allowed, self._max_baggage)
 
     def extract(self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter) -> Context:
         if context is None:
@@ -60,12 +61,9 @@ class LanePropagator(TextMapPropagator):
         return self._extract_values(header_values, baggage_values, context)
 
     def _extract_values(self, header_values: Any, baggage_values: Any, context: Context) -> Context:
-        lane, problem, present = lane_from_carrier(
+        lane, problem, present = self._reader.read(
             list(header_values) if header_values else None,
             baggage_values[0] if baggage_values else None,
-            self._key,
-            self._allowed,
-            self._max_baggage,
         )
         if problem is not None:
             log_problem(problem, "header" if header_values else "baggage")

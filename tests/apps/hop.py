@@ -133,8 +133,13 @@ def otel_info() -> bytes:
     processors = [type(p).__name__ for p in getattr(asp, "_span_processors", ())]
     exporters = [type(getattr(p, "span_exporter", None) or getattr(getattr(p, "_batch_processor", None), "_exporter", None)).__name__
                  for p in getattr(asp, "_span_processors", ())]
+    def flat(p):  # the global propagator's leaves, in order
+        parts = getattr(p, "_propagators", None)
+        return [type(p).__name__] if parts is None else [name for part in parts for name in flat(part)]
+
     return json.dumps({"provider": type(provider).__name__, "processors": processors, "exporters": exporters,
-                       "propagator": repr(propagate.get_global_textmap().fields)}).encode()
+                       "propagator": repr(propagate.get_global_textmap().fields),
+                       "propagators": flat(propagate.get_global_textmap())}).encode()
 
 
 def stats() -> bytes:

@@ -25,6 +25,8 @@ def test_lanes_only_composes_propagator_and_exports_nothing(sink):
     try:
         info = support.get(front.url + "/otel")
         assert "x-mse-tag" in info["propagator"] and "traceparent" in info["propagator"] and "baggage" in info["propagator"]
+        # OpenTelemetry's default pair became one flat composite: tracecontext + the lane-aware baggage step
+        assert info["propagators"] == ["TraceContextTextMapPropagator", "LaneBaggagePropagator"], info
         # opentelemetry-distro's configurator is installed in the test env and runs too; still, nothing exports
         assert [e for e in info["exporters"] if e not in ("NoneType",)] == [], info
         assert _gray_reaches(front) == "gray"
@@ -32,12 +34,17 @@ def test_lanes_only_composes_propagator_and_exports_nothing(sink):
         front.kill()
 
 
-@pytest.mark.parametrize("propagators,expect_field", [("tracecontext", False), ("tracecontext,baggage,graybaggage", True)])
-def test_user_otel_propagators_respected(sink, propagators, expect_field):
+@pytest.mark.parametrize("propagators,expect_field,leaves", [
+    ("tracecontext", False, ["TraceContextTextMapPropagator"]),
+    ("tracecontext,baggage,graybaggage", True, ["TraceContextTextMapPropagator", "W3CBaggagePropagator", "LanePropagator"]),
+    ("tracecontext,baggage", False, ["TraceContextTextMapPropagator", "W3CBaggagePropagator"]),  # = the default,
+])  # but chosen by the user: never rewritten
+def test_user_otel_propagators_respected(sink, propagators, expect_field, leaves):
     front = support.start("front", {"HOP_KIND": "flask", "HOP_NEXT": sink.url, "OTEL_PROPAGATORS": propagators})
     try:
         info = support.get(front.url + "/otel")
         assert ("x-mse-tag" in info["propagator"]) is expect_field, info
+        assert info["propagators"] == leaves, info
         # graybaggage's own HTTP hooks carry the lane either way
         assert _gray_reaches(front) == "gray"
     finally:

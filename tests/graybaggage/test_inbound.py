@@ -9,7 +9,7 @@ from opentelemetry import baggage
 from opentelemetry.context import attach, detach, get_current, get_value, set_value
 
 from graybaggage import _runtime, config
-from graybaggage.inbound import _VERDICTS_MAX, Inbound
+from graybaggage.inbound import Inbound
 from graybaggage.integrations import _server
 from graybaggage.lane import get_lane
 from graybaggage.propagator import DECIDED_KEY
@@ -39,11 +39,13 @@ def test_header_verdicts_are_the_same_every_time_and_problems_are_reported_every
 
 def test_verdict_memo_is_bounded_and_keyed_on_the_whole_value():
     inb, _ = _inbound()
-    for i in range(_VERDICTS_MAX * 3):
+    size = inb._reader.size
+    for i in range(size * 3):
         assert inb.decide([f"lane-{i}"], None, lambda: None) == f"lane-{i}"
-    assert len(inb._verdicts) <= _VERDICTS_MAX
-    inb.decide(["x" * 200], None, lambda: None)
-    assert "x" * 200 not in inb._verdicts  # long values are never remembered
+        assert inb.decide(None, f"x-mse-tag=b{i}", lambda: None) == f"b{i}"
+    assert len(inb._reader._verdicts) <= size
+    inb.decide(["x" * 300], None, lambda: None)
+    assert (True, "x" * 300) not in inb._reader._verdicts  # long values are never remembered
     inb2, _ = _inbound()
     assert inb2.decide(["gray"], None, lambda: None) == "gray"
     assert inb2.decide(["grayx"], None, lambda: None) == "grayx"
@@ -54,7 +56,7 @@ def test_edge_ignores_a_remembered_header():
     inb, _ = _inbound()
     assert inb.decide(["gray"], None, lambda: None) == "gray"
     edge, _ = _inbound(edge=True)
-    edge._verdicts.update(inb._verdicts)
+    edge._reader._verdicts.update(inb._reader._verdicts)
     assert edge.decide(["gray"], None, lambda: None) is None
 
 

@@ -296,3 +296,18 @@ def test_baggage_reads_fall_back_to_the_public_api_if_opentelemetry_moves_its_ke
     assert lane_mod.get_lane("x-mse-tag", lane_mod.set_lane("x-mse-tag", None, ctx)) is None
     test_lane_baggage_inject_equals_upstream_pair()
     test_lane_baggage_extract_equals_upstream_pair("userId=7,x-mse-tag=gray")
+
+
+def test_carrier_reader_answers_exactly_like_lane_from_carrier():
+    from graybaggage.lane import CarrierReader
+
+    headers = [None, [], ["gray"], ["GRAY"], [""], ["gray", "blue"], ["gray,blue"], [" gray "], ["a" * 64],
+               ["gray\x00"], ["blue"]]
+    bags = [None, "", "x-mse-tag=gray", "x-mse-tag=blue", "a=1", "x-mse-tag", "x-mse-tag=gray,x-mse-tag=blue",
+            "k=" + "v" * 9000, ",".join(f"k{i}=v" for i in range(200)) + ",x-mse-tag=gray", "X-Mse-Tag=gray"]
+    for allowed in (None, frozenset({"gray"})):
+        reader = CarrierReader("x-mse-tag", allowed, 8192)
+        for _ in range(2):  # first answer and remembered answer
+            for h in headers:
+                for b in bags:
+                    assert reader.read(h, b) == lane_from_carrier(h, b, "x-mse-tag", allowed, 8192), (h, b, allowed)

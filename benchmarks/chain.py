@@ -236,6 +236,27 @@ def start_server(cfg: Config, role: str, name: str, port: int, next_url: str, wo
     return Server(name, port, proc, log)
 
 
+def hop_setup(prefix: str, child_source: str, hop: str) -> tuple[Path, Path, Path, "Server | None", str]:
+    """What the hop benchmarks (hop_cpu.py, hop_instructions.py) share: a work folder with the exporter shim
+    and their child program, and for ``hop1`` a plain hop2 to call. Returns (workdir, shim, child, hop2, url)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    shim = _write_shim(tmp)
+    child = tmp / "child.py"
+    child.write_text(child_source)
+    hop2 = plain_leaf(shim, tmp) if hop == "hop1" else None  # the callee of hop1's outbound call (loopback)
+    return tmp, shim, child, hop2, hop2.url if hop2 is not None else ""
+
+
+def plain_leaf(shim: Path, workdir: Path, port: int = 18190) -> Server:
+    """A plain gunicorn hop2 on 127.0.0.1, ready: the callee of the hop benchmarks' hop1 runs."""
+    while not _port_free(port):
+        port += 1
+    plain = next(c for c in build_configs() if c.name == "plain")
+    server = start_server(plain, "hop2", "hop2", port, "", 2, shim, workdir, {})
+    wait_ready([server])
+    return server
+
+
 def _get_json(url: str, headers: dict | None = None, timeout: float = 5.0) -> dict:
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - loopback only

@@ -20,7 +20,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -80,21 +79,8 @@ def main() -> int:
     args = ap.parse_args()
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     configs = [c for c in chain.build_configs() if c.name in names]
-    tmp = Path(tempfile.mkdtemp(prefix="gb-hop-cpu-"))
-    shim = chain._write_shim(tmp)
-    child = tmp / "child.py"
-    child.write_text(CHILD)
+    tmp, shim, child, hop2, next_url = chain.hop_setup("gb-hop-cpu-", CHILD, args.hop)
     results: dict[str, list[float]] = {c.name: [] for c in configs}
-    hop2 = None
-    next_url = ""
-    if args.hop == "hop1":  # a plain gunicorn hop2 for hop1's outbound call (loopback only)
-        port = 18190
-        while not chain._port_free(port):
-            port += 1
-        plain = next(c for c in chain.build_configs() if c.name == "plain")
-        hop2 = chain.start_server(plain, "hop2", "hop2", port, "", 2, shim, tmp, {})
-        chain.wait_ready([hop2])
-        next_url = hop2.url
     try:
         for rnd in range(args.rounds):
             for cfg in configs:

@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -109,20 +108,8 @@ def main() -> int:
     extra_env = dict(e.split("=", 1) for e in args.env)
     for cfg in configs:
         cfg.env = {**cfg.env, **extra_env}
-    tmp = Path(tempfile.mkdtemp(prefix="gb-hop-instr-"))
-    shim = chain._write_shim(tmp)
-    child = tmp / "child.py"
-    child.write_text(CHILD)
+    tmp, shim, child, hop2, next_url = chain.hop_setup("gb-hop-instr-", CHILD, args.hop)
     results: dict[str, list[float]] = {c.name: [] for c in configs}
-    hop2 = None
-    next_url = ""
-    if args.hop == "hop1":
-        port = 18190
-        while not chain._port_free(port):
-            port += 1
-        hop2 = chain.start_server(known["plain"], "hop2", "hop2", port, "", 2, shim, tmp, {})
-        chain.wait_ready([hop2])
-        next_url = hop2.url
     try:
         for rnd in range(args.rounds):
             for cfg in configs:

@@ -88,11 +88,16 @@ def test_thread_propagation_can_be_switched_off(sink):
         front.kill()
 
 
-def test_gunicorn_serving_a_plain_wsgi_app(mode, sink):
+def _gunicorn(name: str, app: str, mode: str, sink: support.Service) -> support.Service:
+    """``app`` (a tests.apps.hop attribute) served by gunicorn with 2 workers, in front of ``sink``."""
     port = support.free_port()
-    front = support.start("front-gunicorn", {"HOP_NEXT": sink.url, "PYTHONPATH": str(support.ROOT), **MODES[mode]},
-                          port=port, cmd=[str(support.BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}",
-                                          "tests.apps.hop:wsgi_app"])
+    return support.start(name, {"HOP_NEXT": sink.url, "PYTHONPATH": str(support.ROOT), **MODES[mode]},
+                         port=port, cmd=[str(support.BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}",
+                                         f"tests.apps.hop:{app}"])
+
+
+def test_gunicorn_serving_a_plain_wsgi_app(mode, sink):
+    front = _gunicorn("front-gunicorn", "wsgi_app", mode, sink)
     try:
         _check(front, sink)
     finally:
@@ -102,10 +107,7 @@ def test_gunicorn_serving_a_plain_wsgi_app(mode, sink):
 def test_gunicorn_serving_a_flask_app(mode, sink):
     """gunicorn adds no layer of its own over a Flask app (Flask's hook decides); lanes still flow, and an
     invalid tag still lands on base."""
-    port = support.free_port()
-    front = support.start("front-gunicorn-flask", {"HOP_NEXT": sink.url, "PYTHONPATH": str(support.ROOT), **MODES[mode]},
-                          port=port, cmd=[str(support.BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}",
-                                          "tests.apps.hop:make_flask()"])
+    front = _gunicorn("front-gunicorn-flask", "make_flask()", mode, sink)
     try:
         _check(front, sink)
         bad = support.chain_of(support.get(front.url + "/p", {"x-mse-tag": "GRAY;drop"}))

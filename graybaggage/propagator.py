@@ -22,7 +22,7 @@ from opentelemetry.propagators.textmap import (
 
 from graybaggage import config
 from graybaggage._log import log_once
-from graybaggage.lane import CarrierReader, baggage_value, get_lane, replace_baggage_member, set_lane
+from graybaggage.lane import BAGGAGE_OVERSIZED, CarrierReader, baggage_value, get_lane, replace_baggage_member, set_lane
 
 _logger = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
             return context
         if not isinstance(header, str):
             header = None
+        elif len(header) > _MEMO_VALUE_MAX and len(header.encode()) > self._MAX_HEADER_LENGTH:
+            # OpenTelemetry ignores such a header too, but warns on every request, quoting all of it: one
+            # line per process instead, without the attacker's bytes.
+            log_problem(BAGGAGE_OVERSIZED, "baggage")
         elif header:
             for name, value in self._entries(header):
                 if baggage_value(name, context) != value:  # (equal: setting it again changes nothing)

@@ -311,3 +311,17 @@ def test_carrier_reader_answers_exactly_like_lane_from_carrier():
             for h in headers:
                 for b in bags:
                     assert reader.read(h, b) == lane_from_carrier(h, b, "x-mse-tag", allowed, 8192), (h, b, allowed)
+
+
+def test_lane_baggage_oversized_header_is_ignored_like_upstream_but_logged_once(caplog, monkeypatch):
+    p, ref = LaneBaggagePropagator(SETTINGS), _pair()
+    carrier = {"baggage": "k=" + "v" * 9000 + ",x-mse-tag=gray"}
+    monkeypatch.setattr(_log, "_seen", {})  # a fresh "logged once" memory for this test
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            got = p.extract(carrier, Context())
+            assert dict(baggage.get_all(got)) == dict(baggage.get_all(ref.extract(carrier, Context()))) == {}
+    ours = [r for r in caplog.records if r.name.startswith("graybaggage")]
+    otel_from_ours = [r for r in caplog.records if r.name.startswith("opentelemetry")]
+    assert len(ours) == 1 and "v" * 100 not in ours[0].getMessage(), [r.getMessage() for r in ours]
+    assert len(otel_from_ours) == 3  # all three from the reference pair, none from graybaggage's step

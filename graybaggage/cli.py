@@ -21,16 +21,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if distro and distro != "graybaggage":
         print(f"graybaggage run: OTEL_PYTHON_DISTRO={distro} is set; keeping it (the graybaggage instrumentor "
               "still loads, but the lanes-only mode does not apply)", file=sys.stderr)
-    os.environ.setdefault("OTEL_PYTHON_DISTRO", "graybaggage")
-    from opentelemetry.instrumentation.auto_instrumentation import run
     import shutil
 
-    if shutil.which(command[0]) is None:
+    executable = shutil.which(command[0])
+    if executable is None:
         print(f"graybaggage run: {command[0]!r}: command not found", file=sys.stderr)
         return 127
-    sys.argv = ["opentelemetry-instrument", *command]
-    run()  # execs; returns only on failure
-    return 1
+    os.environ["PYTHONPATH"] = run_pythonpath(os.environ.get("PYTHONPATH"), os.getcwd())
+    os.execl(executable, executable, *command[1:])
+    return 1  # not reached: execl replaces this process or raises
+
+
+def run_pythonpath(current: str | None, cwd: str) -> str:
+    """PYTHONPATH for ``graybaggage run``: graybaggage's start-up hook first, then (as opentelemetry-instrument
+    does, for programs started through their own executable, like Django's manage.py) the working directory,
+    then what was there. No ``OTEL_PYTHON_DISTRO`` is left in the environment: the hook chooses the distro."""
+    from graybaggage import _auto
+
+    hook = os.path.dirname(os.path.abspath(_auto.__file__))
+    parts = [p for p in (current or "").split(os.pathsep) if p and p != hook]
+    if cwd not in parts:
+        parts.insert(0, cwd)
+    return os.pathsep.join([hook, *parts])
 
 
 def _load_runtime_source(settings: config.Settings):  # type: ignore[no-untyped-def]

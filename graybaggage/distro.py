@@ -1,4 +1,5 @@
-"""The ``graybaggage`` OpenTelemetry distro (``OTEL_PYTHON_DISTRO=graybaggage``; ``graybaggage run`` sets it).
+"""The ``graybaggage`` OpenTelemetry distro (``OTEL_PYTHON_DISTRO=graybaggage``; ``graybaggage run``'s start-up
+hook, graybaggage/_auto/sitecustomize.py, chooses it without leaving the variable in the environment).
 
 It chooses how lanes are carried:
 - ``lanes`` (default when no tracing is configured): only graybaggage's lean hooks and the threading

@@ -61,3 +61,50 @@ def test_run_errors_are_clear():
     assert res.returncode == 2 and "missing the program" in res.stderr
     res = gb("run", "--", "definitely-not-a-command-xyz")
     assert res.returncode == 127 and "command not found" in res.stderr
+
+
+_PROBE = r"""
+import json, os, subprocess, sys
+from graybaggage.distro import GraybaggageDistro as D
+child = subprocess.run([sys.executable, "-c",
+    "import json, os; from graybaggage.distro import GraybaggageDistro as D; "
+    "print(json.dumps([D.mode, os.environ.get('OTEL_PYTHON_DISTRO')]))"], capture_output=True, text=True).stdout
+print(json.dumps({"mode": D.mode, "distro_env": os.environ.get("OTEL_PYTHON_DISTRO"),
+                  "pythonpath": os.environ.get("PYTHONPATH", "").split(os.pathsep), "cwd": os.getcwd(),
+                  "child": json.loads(child)}))
+"""
+
+
+def _probe(tmp_path, **env: str) -> dict:
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GRAYBAGGAGE_")) and k != "PYTHONPATH"}
+    res = subprocess.run([str(support.BIN / "graybaggage"), "run", "--", str(support.BIN / "python"), str(script)],
+                         capture_output=True, text=True, env={**clean, **env}, cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_run_leaves_no_distro_variable_behind_and_children_start_the_same_way(tmp_path):
+    from graybaggage import _auto
+
+    out = _probe(tmp_path)
+    assert out["mode"] == "lanes" and out["distro_env"] is None  # instrumented, and the variable is gone
+    assert out["pythonpath"][:2] == [os.path.dirname(_auto.__file__), str(tmp_path)], out  # hook, then cwd
+    assert out["child"] == ["lanes", None], out  # a Python subprocess is switched on the same way
+
+
+def test_run_keeps_a_distro_the_user_chose(tmp_path):
+    out = _probe(tmp_path, OTEL_PYTHON_DISTRO="graybaggage", PYTHONPATH="/nonexistent-gb-test")
+    assert out["mode"] == "lanes" and out["distro_env"] == "graybaggage"
+    assert out["pythonpath"][-1] == "/nonexistent-gb-test"
+
+
+def test_run_pythonpath_is_idempotent():
+    from graybaggage import _auto
+    from graybaggage.cli import run_pythonpath
+
+    hook = os.path.dirname(_auto.__file__)
+    once = run_pythonpath("/a:/b", "/w")
+    assert once == os.pathsep.join([hook, "/w", "/a", "/b"])
+    assert run_pythonpath(once, "/w") == once  # graybaggage run inside graybaggage run: no growth

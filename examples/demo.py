@@ -126,6 +126,9 @@ def run(serve: bool, out=sys.stdout) -> int:
     atexit.register(_stop_all)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(130))
+    # Ctrl-C stops the demo even when it was started from a script in the background: a shell without job
+    # control starts background commands with SIGINT ignored, and Python then keeps it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print("graybaggage demo: the seed scenario (a -> b -> c), gray versions of a and c", file=out)
         urls = start(workdir, out)

@@ -793,6 +793,7 @@ if __name__ == "__main__":  # manual use: python -m tests.k8s.cluster  (Ctrl-C t
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in the background by a script
     cp = ControlPlane(ensure_binaries(), keep_workdir=True)
     cp.start()
     print(f"export KUBECONFIG={cp.kubeconfig}")

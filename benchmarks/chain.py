@@ -210,6 +210,42 @@ def _clean_env() -> dict:
     return env
 
 
+def launched(cfg: Config, cmd: list[str], shim: Path, extra: dict) -> tuple[list[str], dict]:
+    """``cmd`` as the configuration starts it (its launcher in front) and its environment: the clean
+    environment, the configuration's variables, ``extra``, and the exporter shim on PYTHONPATH if it needs it."""
+    if cfg.launcher == "otel":
+        cmd = [str(BIN / "opentelemetry-instrument"), *cmd]
+    elif cfg.launcher == "gb":
+        cmd = [str(BIN / "graybaggage"), "run", "--", *cmd]
+    env = _clean_env()
+    env.update(cfg.env)
+    env.update(extra)
+    if cfg.shim:
+        env["PYTHONPATH"] = str(shim)
+    return cmd, env
+
+
+REFERENCE = {"lanes": "plain", "plain-2": "plain", "otel-nosdk": "plain", "sdk": "plain", "sdk-2": "sdk",
+             "sdk+gb": "sdk"}
+"""The configuration each one is compared with in the per-hop and per-chain tables."""
+
+
+def instructions_table(results: dict[str, list[float]], what: str) -> tuple[dict[str, float], str]:
+    """Median instructions per request of each configuration and the Markdown table against its reference."""
+    med = {n: statistics.median(v) for n, v in results.items()}
+    lines = [f"| config | k instructions per {what} (median) | spread over rounds | reference | ratio | delta k |",
+             "|---|---:|---:|---|---:|---:|"]
+    for n, runs in results.items():
+        spread = f"{(max(runs) - min(runs)) / 1000:.1f}"
+        ref = REFERENCE.get(n)
+        if ref in med:
+            lines.append(f"| {n} | {med[n] / 1000:.1f} | {spread} | {ref} | {med[n] / med[ref]:.4f} | "
+                         f"{(med[n] - med[ref]) / 1000:+.1f} |")
+        else:
+            lines.append(f"| {n} | {med[n] / 1000:.1f} | {spread} | - | - | - |")
+    return med, "\n".join(lines)
+
+
 def start_server(cfg: Config, role: str, name: str, port: int, next_url: str, workers: int, shim: Path,
                  logdir: Path, extra: dict, profile_dir: Path | None = None) -> Server:
     cmd = [str(BIN / "gunicorn"), "-w", str(workers), "-k", "sync", "-b", f"{HOST}:{port}",
@@ -219,16 +255,7 @@ def start_server(cfg: Config, role: str, name: str, port: int, next_url: str, wo
         extra = {**extra, "GB_BENCH_PROFILE_DIR": str(profile_dir),
                  "GB_BENCH_PROFILE_NAME": f"{cfg.name}-{name}".replace("+", "_")}
     cmd.append("chain_app:app")
-    if cfg.launcher == "otel":
-        cmd = [str(BIN / "opentelemetry-instrument"), *cmd]
-    elif cfg.launcher == "gb":
-        cmd = [str(BIN / "graybaggage"), "run", "--", *cmd]
-    env = _clean_env()
-    env.update(cfg.env)
-    env.update(extra)
-    env.update({"CHAIN_ROLE": role, "CHAIN_NAME": name, "CHAIN_NEXT": next_url})
-    if cfg.shim:
-        env["PYTHONPATH"] = str(shim)
+    cmd, env = launched(cfg, cmd, shim, {**extra, "CHAIN_ROLE": role, "CHAIN_NAME": name, "CHAIN_NEXT": next_url})
     log = logdir / f"{cfg.name}-{name}.log".replace("+", "_")
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

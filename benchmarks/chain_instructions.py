@@ -18,7 +18,6 @@ import json
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import chain  # noqa: E402
+from hop_instructions import VALGRIND  # noqa: E402
 
 _IREFS = re.compile(r"==\d+== I\s+refs:\s+([\d,]+)")
 
@@ -37,17 +37,9 @@ _IREFS = re.compile(r"==\d+== I\s+refs:\s+([\d,]+)")
 def _start(cfg: chain.Config, role: str, port: int, next_url: str, shim: Path, logdir: Path) -> subprocess.Popen:
     cmd = [str(chain.BIN / "gunicorn"), "-w", "1", "-k", "sync", "-b", f"{chain.HOST}:{port}", "--chdir", str(HERE),
            "--log-level", "warning", "--timeout", "600", "chain_app:app"]
-    if cfg.launcher == "otel":
-        cmd = [str(chain.BIN / "opentelemetry-instrument"), *cmd]
-    elif cfg.launcher == "gb":
-        cmd = [str(chain.BIN / "graybaggage"), "run", "--", *cmd]
-    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
-           f"--cachegrind-out-file={logdir}/cg.%p", *cmd]
-    env = chain._clean_env()
-    env.update(cfg.env)
-    env.update({"CHAIN_ROLE": role, "CHAIN_NAME": role, "CHAIN_NEXT": next_url, "PYTHONHASHSEED": "0"})
-    if cfg.shim:
-        env["PYTHONPATH"] = str(shim)
+    cmd, env = chain.launched(cfg, cmd, shim, {"CHAIN_ROLE": role, "CHAIN_NAME": role, "CHAIN_NEXT": next_url,
+                                               "PYTHONHASHSEED": "0"})
+    cmd = [*VALGRIND, f"--cachegrind-out-file={logdir}/cg.%p", *cmd]
     log = open(logdir / f"{role}.log", "wb")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
@@ -127,19 +119,7 @@ def main() -> int:
             results[name].append((hi - lo) / args.requests)
             print(f"  [round {rnd + 1}/{args.rounds}] {name:<10} {results[name][-1] / 1000:8.1f} k instructions per "
                   f"chain request ({time.monotonic() - t0:.0f} s)", flush=True)
-    med = {n: statistics.median(v) for n, v in results.items()}
-    refs = {"lanes": "plain", "plain-2": "plain", "otel-nosdk": "plain", "sdk": "plain", "sdk-2": "sdk", "sdk+gb": "sdk"}
-    lines = ["| config | k instructions per chain request (median) | spread over rounds | reference | ratio | delta k |",
-             "|---|---:|---:|---|---:|---:|"]
-    for n in names:
-        spread = f"{(max(results[n]) - min(results[n])) / 1000:.1f}"
-        ref = refs.get(n)
-        if ref in med:
-            lines.append(f"| {n} | {med[n] / 1000:.1f} | {spread} | {ref} | {med[n] / med[ref]:.4f} | "
-                         f"{(med[n] - med[ref]) / 1000:+.1f} |")
-        else:
-            lines.append(f"| {n} | {med[n] / 1000:.1f} | {spread} | - | - | - |")
-    md = "\n".join(lines)
+    med, md = chain.instructions_table(results, "chain request")
     print()
     print(md)
     if args.out:

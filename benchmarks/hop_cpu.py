@@ -51,16 +51,7 @@ print("GBHOP " + json.dumps(out))
 
 def run_one(cfg: chain.Config, shim: Path, child: Path, n: int, reps: int, hop: str, next_url: str) -> list[float]:
     cmd = [sys.executable, str(child), str(HERE), str(n), str(reps), "/work" if hop == "hop2" else "/"]
-    if cfg.launcher == "otel":
-        cmd = [str(chain.BIN / "opentelemetry-instrument"), *cmd]
-    elif cfg.launcher == "gb":
-        cmd = [str(chain.BIN / "graybaggage"), "run", "--", *cmd]
-    env = chain._clean_env()
-    env.update(cfg.env)
-    env["CHAIN_ROLE"] = hop
-    env["CHAIN_NEXT"] = next_url
-    if cfg.shim:
-        env["PYTHONPATH"] = str(shim)
+    cmd, env = chain.launched(cfg, cmd, shim, {"CHAIN_ROLE": hop, "CHAIN_NEXT": next_url})
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("GBHOP ")), None)
     if line is None:

@@ -21,7 +21,6 @@ import argparse
 import json
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -57,25 +56,16 @@ for _ in range(extra):
     r.close()  # as a WSGI server does: the app's response is closed (graybaggage detaches the lane then)
 '''
 _IREFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+VALGRIND = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes"]
 
 
 def count(cfg: chain.Config, shim: Path, child: Path, base: int, extra: int, hop: str, next_url: str,
           workdir: Path) -> int:
     """Instructions executed by the child process (after any exec) for ``base`` + ``extra`` requests."""
     cmd = [sys.executable, str(child), str(HERE), str(base), str(extra), "/work" if hop == "hop2" else "/"]
-    if cfg.launcher == "otel":
-        cmd = [str(chain.BIN / "opentelemetry-instrument"), *cmd]
-    elif cfg.launcher == "gb":
-        cmd = [str(chain.BIN / "graybaggage"), "run", "--", *cmd]
-    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
-           f"--cachegrind-out-file={workdir}/cg.%p", *cmd]
-    env = chain._clean_env()
-    env.update(cfg.env)
-    env["CHAIN_ROLE"] = hop
-    env["CHAIN_NEXT"] = next_url
-    env["PYTHONHASHSEED"] = "0"  # same dict layouts every run
-    if cfg.shim:
-        env["PYTHONPATH"] = str(shim)
+    cmd, env = chain.launched(cfg, cmd, shim, {"CHAIN_ROLE": hop, "CHAIN_NEXT": next_url,
+                                               "PYTHONHASHSEED": "0"})  # same dict layouts every run
+    cmd = [*VALGRIND, f"--cachegrind-out-file={workdir}/cg.%p", *cmd]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     refs = _IREFS.findall(out.stderr)
     if out.returncode != 0 or not refs:
@@ -123,16 +113,7 @@ def main() -> int:
     finally:
         if hop2 is not None:
             chain.stop_servers([hop2])
-    med = {n: statistics.median(v) for n, v in results.items()}
-    refs = {"lanes": "plain", "plain-2": "plain", "otel-nosdk": "plain", "sdk": "plain", "sdk-2": "sdk", "sdk+gb": "sdk"}
-    lines = [f"| config | k instructions per {args.hop} request | reference | ratio | delta k |", "|---|---:|---|---:|---:|"]
-    for n in results:
-        ref = refs.get(n)
-        if ref in med:
-            lines.append(f"| {n} | {med[n] / 1000:.1f} | {ref} | {med[n] / med[ref]:.4f} | {(med[n] - med[ref]) / 1000:+.1f} |")
-        else:
-            lines.append(f"| {n} | {med[n] / 1000:.1f} | - | - | - |")
-    md = "\n".join(lines)
+    med, md = chain.instructions_table(results, f"{args.hop} request")
     print()
     print(md)
     if args.out:

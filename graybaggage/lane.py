@@ -95,6 +95,8 @@ def replace_baggage_member(existing: str | None, key: str, lane: str | None) -> 
     gone when ``lane`` is None; other members are kept in order. None when nothing is left."""
     if not existing:
         return baggage_member(key, lane) if lane is not None else None
+    if lane is not None and existing == baggage_member(key, lane):  # the usual value after a propagator's inject
+        return existing
     kept = [m.strip() for m in existing.split(",") if m.strip() and m.split("=", 1)[0].strip().lower() != key]
     if lane is not None:
         kept.append(baggage_member(key, lane))
@@ -219,8 +221,7 @@ class CarrierReader:
             return None, None, False
         verdict = self._verdicts.get(memo)  # type: ignore[arg-type]
         if verdict is None:
-            verdict = lane_from_carrier(header_values, baggage_header if not header_values else None, self.key,
-                                        self.allowed, self.max_baggage_bytes)
+            verdict = lane_from_carrier(header_values, baggage_header, self.key, self.allowed, self.max_baggage_bytes)
             if isinstance(memo[1], str) and len(memo[1]) <= self.value_max and len(self._verdicts) < self.size:
                 self._verdicts[memo] = verdict
         return verdict

@@ -32,6 +32,10 @@ DECIDED_KEY = create_key("graybaggage-decided-lane")
 dropped cannot come back through another propagator, and the lane is parsed only once."""
 
 
+_UNREAD: Any = object()
+"""Marks a ``baggage`` header the lane step still has to read from the carrier."""
+
+
 def log_problem(problem: str, where: str) -> None:
     log_once(_logger, f"{where}:{problem}", "graybaggage: ignoring a malformed lane in %s (%s); request stays on base", where, problem)
 
@@ -47,24 +51,22 @@ class LanePropagator(TextMapPropagator):
         self._reader = CarrierReader(self._key, self._allowed, self._max_baggage)
 
     def extract(self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter) -> Context:
-        if context is None:
-            context = get_current()
+        return self._extract(carrier, context if context is not None else get_current(), getter)
+
+    def _extract(self, carrier: CarrierT, context: Context, getter: Getter[CarrierT], baggage_header: Any = _UNREAD) -> Context:
+        """The lane step; ``baggage_header`` is the first ``baggage`` value when the caller already read it."""
         decided = get_value(DECIDED_KEY)
         if decided is not None:
             return set_lane(self._key, decided or None, context)
         try:
             header_values = getter.get(carrier, self._key)
-            baggage_values = getter.get(carrier, "baggage") if not header_values else None
+            baggage_values = getter.get(carrier, "baggage") if not header_values and baggage_header is _UNREAD else None
         except Exception:  # a hostile or odd carrier must never break the request
             log_problem("unreadable-carrier", "carrier")
             return context
-        return self._extract_values(header_values, baggage_values, context)
-
-    def _extract_values(self, header_values: Any, baggage_values: Any, context: Context) -> Context:
-        lane, problem, present = self._reader.read(
-            list(header_values) if header_values else None,
-            baggage_values[0] if baggage_values else None,
-        )
+        if baggage_header is _UNREAD:
+            baggage_header = baggage_values[0] if baggage_values else None
+        lane, problem, present = self._reader.read(list(header_values) if header_values else None, baggage_header)
         if problem is not None:
             log_problem(problem, "header" if header_values else "baggage")
         if not present:
@@ -146,15 +148,7 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
             for name, value in self._entries(header):
                 if baggage_value(name, context) != value:  # (equal: setting it again changes nothing)
                     context = set_baggage(name, value, context)
-        decided = get_value(DECIDED_KEY)
-        if decided is not None:
-            return set_lane(self._key, decided or None, context)
-        try:
-            header_values = getter.get(carrier, self._key)
-        except Exception:
-            log_problem("unreadable-carrier", "carrier")
-            return context
-        return self._lane._extract_values(header_values, None if header_values or not header else [header], context)
+        return self._lane._extract(carrier, context, getter, header)
 
     # -- inject -----------------------------------------------------------------------------------
     def inject(self, carrier: CarrierT, context: Context | None = None, setter: Setter[CarrierT] = default_setter) -> None:

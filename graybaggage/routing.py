@@ -72,8 +72,7 @@ class Router:
 
     def routes_lane(self, lane: str) -> bool:
         """True when the lane table routes anything for ``lane`` (else no call in it needs a decision)."""
-        entry = self._table().lanes.get(lane)
-        return entry is not None and bool(entry.routes)
+        return self._table().routes_lane(lane)
 
     def decide(self, lane: str | None, host: str, port: int | None) -> Route | None:
         if lane is None:

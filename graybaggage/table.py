@@ -147,6 +147,11 @@ class LaneTable:
                 self._host_cache[cache_key] = key
         return key
 
+    def routes_lane(self, lane: str) -> bool:
+        """True when ``lane`` routes anything (else every call in it stays on its destination)."""
+        entry = self.lanes.get(lane)
+        return entry is not None and bool(entry.routes)
+
     def decide(self, lane: str | None, host: str, port: int | None, caller_ns: str = "default") -> Route | None:
         """Where a call in ``lane`` to ``host:port`` goes; ``None`` means stay on the destination (base).
 
@@ -159,9 +164,9 @@ class LaneTable:
         cached = self._decisions.get(k, _MISS)
         if cached is not _MISS:
             return cached  # type: ignore[return-value]
-        entry = self.lanes.get(lane)
-        if entry is None or not entry.routes:
+        if not self.routes_lane(lane):
             return None
+        entry = self.lanes[lane]
         route = self._decide(entry, lane, host, port, caller_ns)
         if len(self._decisions) < 8192:
             self._decisions[k] = route

@@ -35,7 +35,7 @@ def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _r
         existing = headers.get("baggage")
         if not existing:
             headers["baggage"] = baggage_member(key, lane)
-        elif existing != baggage_member(key, lane):  # (the usual value after a propagator's inject)
+        else:
             merged = replace_baggage_member(existing, key, lane)
             if merged != existing:
                 headers["baggage"] = merged

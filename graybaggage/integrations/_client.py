@@ -19,6 +19,16 @@ def current() -> tuple[_runtime.Runtime, str | None]:
     return rt, get_lane(rt.settings.header)
 
 
+def text(value: Any) -> Any:
+    """A header value as text: clients accept bytes values (sent as they are, i.e. latin-1), and the
+    baggage merge must not turn a call the client would have made into a TypeError."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("latin-1")
+    return str(value)  # e.g. an int, which http.client sends as str(value)
+
+
 def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _runtime.Runtime) -> None:
     """Make the outbound headers carry exactly the current lane.
 
@@ -32,7 +42,7 @@ def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _r
     if lane is not None:
         if headers.get(key) != lane:
             headers[key] = lane
-        existing = headers.get("baggage")
+        existing = text(headers.get("baggage"))
         if not existing:
             headers["baggage"] = baggage_member(key, lane)
         else:
@@ -43,7 +53,7 @@ def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _r
     if rt.settings.edge:
         if headers.get(key) is not None:
             del headers[key]
-        existing = headers.get("baggage")
+        existing = text(headers.get("baggage"))
         if existing:
             kept = replace_baggage_member(existing, key, None)
             if kept != existing:

@@ -31,7 +31,13 @@ def _with_lane(headers: Any, instance: Any, lane: str | None, rt: Any) -> Any:
     if headers is None:
         headers = getattr(instance, "headers", None) or {}
     merged = HTTPHeaderDict(headers)  # a copy: the caller's mapping is left alone
-    _client.set_lane_headers(merged, lane, rt)
+    try:
+        _client.set_lane_headers(merged, lane, rt)
+    except TypeError:  # bytes values, which urllib3 sends as they are but HTTPHeaderDict cannot join
+        merged = HTTPHeaderDict()
+        for name, value in HTTPHeaderDict(headers).iteritems():
+            merged.add(name, _client.text(value))
+        _client.set_lane_headers(merged, lane, rt)
     return merged
 
 

@@ -2,7 +2,8 @@
 
 Env: HOP_NAME, HOP_PORT, HOP_KIND (flask | wsgi | asgi | starlette | django), HOP_CLIENT (requests |
 urllib3 | urllib | httpx | httpx-async | aiohttp), HOP_NEXT (URL of the next hop or empty),
-HOP_INSIDE (direct | thread | pool | executor | gather: how the outbound call is made).
+HOP_INSIDE (direct | thread | pool | executor | gather: how the outbound call is made), HOP_SEND_BAGGAGE (a
+``baggage`` header the app itself sends on its outbound call; as bytes with HOP_SEND_BYTES=1).
 Every response is JSON: {"name", "lane" (instance lane), "header", "baggage", "served", "next"}.
 GET /stats returns how many requests this process served per received lane header.
 """
@@ -21,6 +22,9 @@ KIND = os.environ.get("HOP_KIND", "flask")
 CLIENT = os.environ.get("HOP_CLIENT", "requests")
 NEXT = os.environ.get("HOP_NEXT", "")
 INSIDE = os.environ.get("HOP_INSIDE", "direct")
+_SEND = os.environ.get("HOP_SEND_BAGGAGE")
+SEND_HEADERS = {} if _SEND is None else {
+    "baggage": _SEND.encode("latin-1") if os.environ.get("HOP_SEND_BYTES") == "1" else _SEND}
 INSTANCE = os.environ.get("GRAYBAGGAGE_LANE", "base")
 HEADER = os.environ.get("GRAYBAGGAGE_HEADER", "x-mse-tag")
 _stats: dict[str, int] = {}
@@ -37,7 +41,7 @@ def _sync_call(url: str) -> dict:
 
         if _session is None:
             _session = requests.Session()
-        r = _session.get(url, timeout=10)
+        r = _session.get(url, headers=SEND_HEADERS, timeout=10)
         r.raise_for_status()
         return r.json()
     if CLIENT == "urllib3":
@@ -45,19 +49,19 @@ def _sync_call(url: str) -> dict:
 
         if _pool is None:
             _pool = urllib3.PoolManager()
-        r = _pool.request("GET", url, timeout=10)
+        r = _pool.request("GET", url, headers=SEND_HEADERS or None, timeout=10)
         return json.loads(r.data)
     if CLIENT == "urllib":
         import urllib.request
 
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=SEND_HEADERS), timeout=10) as r:
             return json.loads(r.read())
     if CLIENT == "httpx":
         import httpx
 
         if _session is None:
             _session = httpx.Client(timeout=10)
-        return _session.get(url).json()
+        return _session.get(url, headers=SEND_HEADERS).json()
     if CLIENT in ("httpx-async", "aiohttp"):
         return asyncio.run(_async_call(url))
     raise SystemExit(f"unknown HOP_CLIENT {CLIENT}")
@@ -68,12 +72,12 @@ async def _async_call(url: str) -> dict:
         import httpx
 
         async with httpx.AsyncClient(timeout=10) as c:
-            return (await c.get(url)).json()
+            return (await c.get(url, headers=SEND_HEADERS)).json()
     if CLIENT == "aiohttp":
         import aiohttp
 
         async with aiohttp.ClientSession() as s:
-            async with s.get(url) as r:
+            async with s.get(url, headers=SEND_HEADERS) as r:
                 return await r.json()
     return await asyncio.get_running_loop().run_in_executor(None, _sync_call, url)
 

@@ -166,3 +166,27 @@ def test_streaming_body_runs_in_the_lane(mode):
         assert support.get(front.url + "/stream")["lane_while_streaming"] is None
     finally:
         front.kill()
+
+
+@pytest.mark.parametrize("client", ["requests", "urllib3", "urllib", "httpx", "httpx-async", "aiohttp"])
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
+def test_the_apps_own_baggage_is_merged_with_the_lane(client, as_bytes, mode, sink):
+    """An app that sends its own ``baggage`` header (as bytes too, which requests, urllib3, urllib and httpx
+    accept) still makes its call: the lane is merged in, and in lanes-only mode the app's members stay."""
+    if as_bytes and client == "aiohttp":
+        pytest.skip("aiohttp itself refuses bytes header values")
+    kind = "starlette" if client in ("httpx-async", "aiohttp") else "flask"
+    front = support.start(f"front-{client}-own-baggage", {
+        "HOP_KIND": kind, "HOP_CLIENT": client, "HOP_NEXT": sink.url, "HOP_SEND_BAGGAGE": "user=7",
+        "HOP_SEND_BYTES": "1" if as_bytes else "0", **MODES[mode]})
+    try:
+        gray = support.chain_of(support.get(front.url + "/p", {"x-mse-tag": "gray"}))
+        assert gray[-1]["name"] == "sink" and gray[-1]["header"] == "gray", gray
+        members = (gray[-1]["baggage"] or "").split(",")
+        assert "x-mse-tag=gray" in members, gray
+        if mode == "lanes":
+            assert "user=7" in members, gray
+        base = support.chain_of(support.get(front.url + "/p"))
+        assert base[-1]["header"] is None and "x-mse-tag=gray" not in (base[-1]["baggage"] or ""), base
+    finally:
+        front.kill()

@@ -20,6 +20,9 @@ Configurations (every hop of a chain runs the same way; the app never imports gr
   route-on    lanes, tagged gray, lane table re-routing hop2 to the second hop2 instance
   plain-2     (only with --configs) a second plain chain: an A/A control that shows the noise floor
   sdk-2       (only with --configs) a second sdk chain: the A/A control of the sdk+gb / sdk pair
+  by-hand     (only with --configs) gunicorn, no graybaggage: hop1's app forwards the lane as x-mse-tag and
+              baggage itself (CHAIN_FORWARD=1, one environment variable as graybaggage run adds one): the
+              least that carrying a lane as issue 2 specifies it costs
 All load carries ``x-mse-tag: gray`` (the worst case for graybaggage: every hop parses and forwards a lane).
 
 Bounded: each run stops after --seconds or --max-requests, whichever comes first; servers are stopped at exit.
@@ -104,6 +107,9 @@ def build_configs() -> list[Config]:
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled_otel,
         }, shim=not _has_otel_distro(), expect={"lane": None, "traceparent": False}),
         Config("lanes", "gb", expect={"lane": LANE, "traceparent": False}),
+        # Reference (not in the default set): no graybaggage; the app forwards the lane as both headers itself,
+        # with one environment variable (graybaggage run adds one: PYTHONPATH). What lanes costs at the least.
+        Config("by-hand", "none", {"CHAIN_FORWARD": "1"}, expect={"lane": LANE, "traceparent": False}),
         Config("sdk", "otel", {**sdk_env, **sdk_distro, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled_otel},
                shim=True, expect={"lane": None, "traceparent": True}),
         # A/A control for the SDK pair (not in the default set)
@@ -225,7 +231,7 @@ def launched(cfg: Config, cmd: list[str], shim: Path, extra: dict) -> tuple[list
     return cmd, env
 
 
-REFERENCE = {"lanes": "plain", "plain-2": "plain", "otel-nosdk": "plain", "sdk": "plain", "sdk-2": "sdk",
+REFERENCE = {"lanes": "plain", "by-hand": "plain", "plain-2": "plain", "otel-nosdk": "plain", "sdk": "plain", "sdk-2": "sdk",
              "sdk+gb": "sdk"}
 """The configuration each one is compared with in the per-hop and per-chain tables."""
 

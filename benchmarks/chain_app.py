@@ -4,6 +4,8 @@ Env:
   CHAIN_ROLE   hop1 (calls CHAIN_NEXT) or hop2 (leaf)
   CHAIN_NAME   the name this instance reports (e.g. hop2, hop2-gray)
   CHAIN_NEXT   hop1 only: base URL of hop2, e.g. http://127.0.0.1:18102
+  CHAIN_FORWARD  "1": hop1 forwards the incoming lane itself, as x-mse-tag and baggage (chain.py's "by-hand"
+               reference: what propagation written into the app costs, one environment variable included)
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from flask import Flask, jsonify, request
 ROLE = os.environ.get("CHAIN_ROLE", "hop2")
 NAME = os.environ.get("CHAIN_NAME", ROLE)
 NEXT = os.environ.get("CHAIN_NEXT", "")
+FORWARD = os.environ.get("CHAIN_FORWARD") == "1"
 
 app = Flask(__name__)
 _session = requests.Session()  # one per worker process (sync workers are single-threaded)
@@ -23,7 +26,12 @@ _session = requests.Session()  # one per worker process (sync workers are single
 
 @app.get("/")
 def hop1():
-    r = _session.get(f"{NEXT}/work", timeout=5)
+    headers = None
+    if FORWARD:
+        lane = request.headers.get("x-mse-tag")
+        if lane:
+            headers = {"x-mse-tag": lane, "baggage": f"x-mse-tag={lane}"}
+    r = _session.get(f"{NEXT}/work", headers=headers, timeout=5)
     r.raise_for_status()
     return jsonify(name=NAME, next=r.json())
 

@@ -5,6 +5,7 @@ cross lanes. It runs inside ``Session.send`` (and so inside the OTel requests sp
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from graybaggage._patch import wrap
@@ -45,12 +46,32 @@ def _is_aborted(exc: BaseException) -> bool:
     return False
 
 
+def _store_reader(headers: Any) -> Any:
+    """A read of requests' ``CaseInsensitiveDict`` by lowercase name straight from its store, or None for
+    another mapping. Its own ``get`` raises and catches a KeyError for every missing name: for the usual
+    call (neither lane header nor baggage there yet) that was most of the header step's cost."""
+    if type(headers) is not _CID:
+        return None
+    store = getattr(headers, "_store", None)
+    if type(store) is not OrderedDict:  # requests changed its layout: use the mapping's own get
+        return None
+    get = store.get
+
+    def read(name: str) -> Any:
+        item = get(name)
+        return item[1] if item is not None else None
+
+    return read
+
+
 def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     request = args[0] if args else kwargs["request"]
     rt, lane = _client.current()
-    _client.set_lane_headers(request.headers, lane, rt)
+    headers = request.headers
+    if lane is not None or rt.settings.edge:
+        _client.set_lane_headers(headers, lane, rt, _store_reader(headers))
     try:
-        setattr(request.headers, HANDLED, True)  # the urllib3 pool hook underneath has nothing left to do
+        setattr(headers, HANDLED, True)  # the urllib3 pool hook underneath has nothing left to do
     except AttributeError:  # an unusual header mapping: the pool hook will just check again
         pass
     route, u = _client.decide(rt, lane, request.url)
@@ -80,7 +101,12 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
                 _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), strict_error)
 
 
+_CID: Any = None  # requests' CaseInsensitiveDict, once requests.adapters is patched
+
+
 def patch(mod: Any) -> None:
+    global _CID
+    _CID = getattr(mod, "CaseInsensitiveDict", None)
     wrap(mod.HTTPAdapter, "send", _send)
 
 

@@ -62,3 +62,38 @@ def test_baggage_member_is_replaced_exactly(kind, before, after, rt):
     h = kind({"baggage": before})
     set_lane_headers(h, "gray", rt)
     assert h.get("baggage") == after
+
+
+@pytest.mark.parametrize("before", [
+    {}, {"X-MSE-TAG": "blue"}, {"x-mse-tag": "gray"}, {"Baggage": "user=7"}, {"baggage": ""},
+    {"baggage": "x-mse-tag=gray"}, {"baggage": b"user=7,x-mse-tag=blue"}, {"x-mse-tag": b"gray", "Accept": "*/*"},
+])
+@pytest.mark.parametrize("lane", ["gray", None])
+def test_requests_store_reader_gives_what_the_mapping_gives(before, lane, rt):
+    """The requests integration reads CaseInsensitiveDict's store directly; the result must be the same."""
+    import requests.adapters
+
+    from graybaggage.integrations import requests as gb_requests
+
+    gb_requests._CID = requests.adapters.CaseInsensitiveDict
+    fast, slow = CaseInsensitiveDict(before), CaseInsensitiveDict(before)
+    reader = gb_requests._store_reader(fast)
+    assert reader is not None
+    set_lane_headers(fast, lane, rt, reader)
+    set_lane_headers(slow, lane, rt)
+    assert list(fast.lower_items()) == list(slow.lower_items())
+    assert list(fast.keys()) == list(slow.keys())
+
+
+def test_requests_store_reader_only_for_the_exact_type():
+    from graybaggage.integrations import requests as gb_requests
+
+    class Mine(CaseInsensitiveDict):
+        pass
+
+    gb_requests._CID = CaseInsensitiveDict
+    assert gb_requests._store_reader(Mine({"a": "1"})) is None
+    assert gb_requests._store_reader({"a": "1"}) is None
+    odd = CaseInsensitiveDict({"a": "1"})
+    odd._store = {"a": ("a", "1")}  # a layout this code does not know
+    assert gb_requests._store_reader(odd) is None

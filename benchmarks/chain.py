@@ -20,6 +20,8 @@ Configurations (every hop of a chain runs the same way; the app never imports gr
   route-on    lanes, tagged gray, lane table re-routing hop2 to the second hop2 instance
   plain-2     (only with --configs) a second plain chain: an A/A control that shows the noise floor
   sdk-2       (only with --configs) a second sdk chain: the A/A control of the sdk+gb / sdk pair
+  lanes-header, lanes-baggage  (only with --configs) lanes with GRAYBAGGAGE_CARRIERS=header / =baggage: one
+              lane header per call instead of two
   by-hand     (only with --configs) gunicorn, no graybaggage: hop1's app forwards the lane as x-mse-tag and
               baggage itself (CHAIN_FORWARD=1, one environment variable as graybaggage run adds one): the
               least that carrying a lane as issue 2 specifies it costs
@@ -107,6 +109,11 @@ def build_configs() -> list[Config]:
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled_otel,
         }, shim=not _has_otel_distro(), expect={"lane": None, "traceparent": False}),
         Config("lanes", "gb", expect={"lane": LANE, "traceparent": False}),
+        # Not in the default set: lanes with one carrier (GRAYBAGGAGE_CARRIERS), i.e. one header per call instead of two
+        Config("lanes-header", "gb", {"GRAYBAGGAGE_CARRIERS": "header"},
+               expect={"lane": LANE, "baggage": None, "traceparent": False}),
+        Config("lanes-baggage", "gb", {"GRAYBAGGAGE_CARRIERS": "baggage"},
+               expect={"lane": None, "baggage": f"x-mse-tag={LANE}", "traceparent": False}),
         # Reference (not in the default set): no graybaggage; the app forwards the lane as both headers itself,
         # with one environment variable (graybaggage run adds one: PYTHONPATH). What lanes costs at the least.
         Config("by-hand", "none", {"CHAIN_FORWARD": "1"}, expect={"lane": LANE, "traceparent": False}),
@@ -231,7 +238,7 @@ def launched(cfg: Config, cmd: list[str], shim: Path, extra: dict) -> tuple[list
     return cmd, env
 
 
-REFERENCE = {"lanes": "plain", "by-hand": "plain", "plain-2": "plain", "otel-nosdk": "plain", "sdk": "plain", "sdk-2": "sdk",
+REFERENCE = {"lanes": "plain", "lanes-header": "plain", "lanes-baggage": "plain", "by-hand": "plain", "plain-2": "plain", "otel-nosdk": "plain", "sdk": "plain", "sdk-2": "sdk",
              "sdk+gb": "sdk"}
 """The configuration each one is compared with in the per-hop and per-chain tables."""
 
@@ -546,6 +553,8 @@ def sanity(cfg: Config, servers: dict[str, Server]) -> dict:
     exp = cfg.expect
     if "lane" in exp and leaf.get("lane") != exp["lane"]:
         problems.append(f"hop2 saw lane {leaf.get('lane')!r}, expected {exp['lane']!r}")
+    if "baggage" in exp and leaf.get("baggage") != exp["baggage"]:
+        problems.append(f"hop2 saw baggage {leaf.get('baggage')!r}, expected {exp['baggage']!r}")
     if "traceparent" in exp and bool(leaf.get("traceparent")) != exp["traceparent"]:
         problems.append(f"traceparent at hop2 {'present' if leaf.get('traceparent') else 'absent'}")
     if "served_by" in exp and leaf.get("name") != exp["served_by"]:

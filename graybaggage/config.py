@@ -31,6 +31,11 @@ GRAYBAGGAGE_ROUTING = "GRAYBAGGAGE_ROUTING"
 """Re-route outbound calls by the lane table. Default on (a no-op while the table is empty)."""
 GRAYBAGGAGE_DISABLED_INTEGRATIONS = "GRAYBAGGAGE_DISABLED_INTEGRATIONS"
 """Comma-separated graybaggage integrations to skip (e.g. ``aiohttp,django``)."""
+GRAYBAGGAGE_CARRIERS = "GRAYBAGGAGE_CARRIERS"
+"""Where outbound calls carry the lane: ``header,baggage`` (default: both, what MSE peers and OpenTelemetry
+peers each read), ``header`` or ``baggage``. A carrier left out is not added, but corrected if the app itself
+sent one with another lane. Every graybaggage service reads either carrier inbound."""
+CARRIERS = ("header", "baggage")
 GRAYBAGGAGE_MAX_BAGGAGE_BYTES = "GRAYBAGGAGE_MAX_BAGGAGE_BYTES"
 """A ``baggage`` header longer than this is ignored for the lane. Default 8192 (the W3C limit)."""
 GRAYBAGGAGE_LANE_TABLE = "GRAYBAGGAGE_LANE_TABLE"
@@ -85,6 +90,8 @@ class Settings:
     routing: bool = True
     disabled_integrations: frozenset[str] = frozenset()
     max_baggage_bytes: int = 8192
+    send_header: bool = True
+    send_baggage: bool = True
     table_json: str | None = None
     table_file: str | None = None
     table_configmap: str | None = None
@@ -167,6 +174,18 @@ def _in_cluster_server(env: Mapping[str, str]) -> str | None:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
+def _carriers(env: Mapping[str, str]) -> tuple[bool, bool]:
+    """``(send_header, send_baggage)`` from ``GRAYBAGGAGE_CARRIERS``."""
+    raw = env.get(GRAYBAGGAGE_CARRIERS)
+    if raw is None or not raw.strip():
+        return True, True
+    chosen = {x.strip().lower() for x in raw.split(",") if x.strip()}
+    if not chosen <= set(CARRIERS):
+        _logger.warning("%s=%r: use header, baggage or header,baggage; sending both", GRAYBAGGAGE_CARRIERS, raw)
+        return True, True
+    return "header" in chosen, "baggage" in chosen
+
+
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``) and explicit ``overrides``."""
     env = os.environ if env is None else env
@@ -208,6 +227,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         env.get(name) and env.get(name, "").strip().lower() != "none" for name in _TRACING_ENV
     )
 
+    send_header, send_baggage = _carriers(env)
     values: dict[str, object] = dict(
         header=header,
         allowed_lanes=allowed,
@@ -219,6 +239,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             x.strip().lower() for x in (env.get(GRAYBAGGAGE_DISABLED_INTEGRATIONS) or "").split(",") if x.strip()
         ),
         max_baggage_bytes=_number(env, GRAYBAGGAGE_MAX_BAGGAGE_BYTES, 8192, int, 64),
+        send_header=send_header,
+        send_baggage=send_baggage,
         table_json=env.get(GRAYBAGGAGE_LANE_TABLE) or None,
         table_file=env.get(GRAYBAGGAGE_LANE_TABLE_FILE) or None,
         table_configmap=configmap,

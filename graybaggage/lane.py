@@ -105,6 +105,13 @@ def replace_baggage_member(existing: str | None, key: str, lane: str | None) -> 
     return ",".join(kept) or None
 
 
+def has_baggage_member(value: str, key: str) -> bool:
+    """True when a ``baggage`` header value has a member for ``key`` (exact key, any case)."""
+    if key not in value and key not in value.lower():
+        return False
+    return any(m.split("=", 1)[0].strip().lower() == key for m in value.split(","))
+
+
 _valid: dict[str, bool] = {}
 
 

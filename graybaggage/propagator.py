@@ -23,7 +23,8 @@ from opentelemetry.propagators.textmap import (
 from graybaggage import config
 from graybaggage._context import get_current
 from graybaggage._log import log_once
-from graybaggage.lane import BAGGAGE_OVERSIZED, CarrierReader, baggage_value, get_lane, replace_baggage_member, set_lane
+from graybaggage.lane import (BAGGAGE_OVERSIZED, CarrierReader, baggage_value, get_lane, has_baggage_member,
+                              replace_baggage_member, set_lane)
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class LanePropagator(TextMapPropagator):
         self._allowed = s.allowed_lanes
         self._max_baggage = s.max_baggage_bytes
         self._reader = CarrierReader(self._key, self._allowed, self._max_baggage)
+        self._send_header = s.send_header
+        self._send_baggage = s.send_baggage
 
     def extract(self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter) -> Context:
         return self._extract(carrier, context if context is not None else get_current(), getter)
@@ -78,18 +81,32 @@ class LanePropagator(TextMapPropagator):
         lane = get_lane(self._key, context)
         if lane is None:
             return
-        setter.set(carrier, self._key, lane)
-        if isinstance(carrier, MutableMapping) or hasattr(carrier, "get"):
+        readable = isinstance(carrier, MutableMapping) or hasattr(carrier, "get")
+        self._set_header(carrier, lane, setter, readable)
+        if readable and (self._send_baggage or has_baggage_member(_baggage_of(carrier) or "", self._key)):
             add_baggage_member(carrier, self._key, lane, setter)
+
+    def _set_header(self, carrier: Any, lane: str, setter: Setter[Any], readable: bool) -> None:
+        """The lane header: always when it is a chosen carrier, else only to correct one already there."""
+        if self._send_header:
+            setter.set(carrier, self._key, lane)
+        elif readable:
+            current = carrier.get(self._key)
+            if current is not None and current != lane:
+                setter.set(carrier, self._key, lane)
 
     @property
     def fields(self) -> set[str]:
         return {self._key, "baggage"}
 
 
+def _baggage_of(carrier: Any) -> Any:
+    return carrier.get("baggage") or carrier.get("Baggage")
+
+
 def add_baggage_member(carrier: Any, key: str, lane: str, setter: Setter[Any] = default_setter) -> None:
     """Add ``key=lane`` to the carrier's ``baggage`` header unless it already has an entry for ``key``."""
-    existing = carrier.get("baggage") or carrier.get("Baggage")
+    existing = _baggage_of(carrier)
     merged = replace_baggage_member(existing, key, lane)
     if merged != existing:
         setter.set(carrier, "baggage", merged)
@@ -174,7 +191,7 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
             if header is not None:
                 setter.set(carrier, "baggage", header)
                 if lane is not None:
-                    setter.set(carrier, self._key, lane)
+                    self._lane._set_header(carrier, lane, setter, True)
                 return
         # Nothing OpenTelemetry would write: the lane alone, merged into what the carrier already holds.
         self._lane.inject(carrier, context, setter)
@@ -187,7 +204,9 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
         header = scratch.get("baggage")
         if not header:
             return None
-        return replace_baggage_member(header, self._key, lane) if lane is not None else header
+        if lane is None:
+            return header
+        return replace_baggage_member(header, self._key, lane if self._lane._send_baggage else None)
 
     @property
     def fields(self) -> set[str]:

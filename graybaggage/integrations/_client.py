@@ -7,7 +7,7 @@ from typing import Any, Callable, MutableMapping
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from graybaggage import _runtime
-from graybaggage.lane import baggage_member, get_lane, replace_baggage_member
+from graybaggage.lane import baggage_member, get_lane, has_baggage_member, replace_baggage_member
 from graybaggage.table import Route
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -35,21 +35,25 @@ def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _r
 
     ``headers`` must be a case-insensitive mapping whose ``__setitem__`` replaces every value of the name
     (requests' CaseInsensitiveDict, urllib3's HTTPHeaderDict, httpx.Headers, multidict.CIMultiDict).
-    The header is set (overwriting a hand-forwarded value) and the lane is added to ``baggage``.
+    The header is set (overwriting a hand-forwarded value) and the lane is added to ``baggage``; a carrier
+    that ``GRAYBAGGAGE_CARRIERS`` leaves out is not added, only corrected when the app sent it.
     With no lane, an edge strips any lane header or baggage entry the application copied from the
     incoming request, so a forged tag cannot leak through a proxying edge. ``get`` reads one header by its
     lowercase name (default: ``headers.get``), for a client whose mapping has a cheaper read.
     """
-    key = rt.settings.header
+    settings = rt.settings
+    key = settings.header
     if get is None:
         get = headers.get
     if lane is not None:
-        if get(key) != lane:
+        current = get(key)
+        if current != lane and (settings.send_header or current is not None):
             headers[key] = lane
         existing = text(get("baggage"))
         if not existing:
-            headers["baggage"] = baggage_member(key, lane)
-        else:
+            if settings.send_baggage:
+                headers["baggage"] = baggage_member(key, lane)
+        elif settings.send_baggage or has_baggage_member(existing, key):
             merged = replace_baggage_member(existing, key, lane)
             if merged != existing:
                 headers["baggage"] = merged

@@ -92,3 +92,29 @@ def test_tracing_mode_spans_carry_lane_without_duplicates(chain):
     for span in mine:
         assert span["attributes"]["graybaggage.lane"] == "gray"
         assert span["attributes"]["graybaggage.instance_lane"] == "base"
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("carriers", ["header", "baggage"])
+def test_one_carrier_keeps_the_lane_over_three_hops(mode, carriers):
+    """GRAYBAGGAGE_CARRIERS=header (or baggage) on every hop: each call carries the lane in that carrier
+    only, and the next hop reads it from there (a three-hop chain of real processes, both modes)."""
+    env = {**MODES[mode], "GRAYBAGGAGE_CARRIERS": carriers}
+    c = support.start("c", {"HOP_KIND": "wsgi", **env})
+    b = support.start("b", {"HOP_KIND": "asgi", "HOP_CLIENT": "httpx-async", "HOP_NEXT": c.url, **env})
+    a = support.start("a", {"HOP_KIND": "flask", "HOP_CLIENT": "requests", "HOP_NEXT": b.url, **env})
+    try:
+        for tag in ("gray", "blue"):
+            hops = support.chain_of(support.get(a.url + "/x", {"x-mse-tag": tag}))
+            assert [h["name"] for h in hops] == ["a", "b", "c"]
+            for h in hops[1:]:
+                members = [m.strip() for m in (h["baggage"] or "").split(",") if m.strip()]
+                if carriers == "header":
+                    assert h["header"] == tag and not any(m.startswith("x-mse-tag") for m in members), h
+                else:
+                    assert h["header"] is None and f"x-mse-tag={tag}" in members, h
+        base = support.chain_of(support.get(a.url + "/x"))
+        assert all(h["header"] is None and "x-mse-tag" not in (h["baggage"] or "") for h in base), base
+    finally:
+        for s in (a, b, c):
+            s.kill()

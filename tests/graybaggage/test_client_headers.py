@@ -97,3 +97,22 @@ def test_requests_store_reader_only_for_the_exact_type():
     odd = CaseInsensitiveDict({"a": "1"})
     odd._store = {"a": ("a", "1")}  # a layout this code does not know
     assert gb_requests._store_reader(odd) is None
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+@pytest.mark.parametrize("carriers", ["header", "baggage"])
+@pytest.mark.parametrize("before", [{}, {"Baggage": "user=7"}, {"baggage": "X-Mse-Tag=blue,user=7"}, {"X-MSE-TAG": "blue"}])
+def test_one_carrier(kind, carriers, before):
+    """GRAYBAGGAGE_CARRIERS: only the chosen carrier is added; one the app sent is corrected, never left stale."""
+    rt = Runtime(config.load_settings({"GRAYBAGGAGE_CARRIERS": carriers}))
+    h = kind(before)
+    set_lane_headers(h, "gray", rt)
+    had_header = any(k.lower() == "x-mse-tag" for k in before)
+    had_member = "x-mse-tag" in before.get("baggage", "").lower()
+    assert h.get("x-mse-tag") == ("gray" if carriers == "header" or had_header else None)
+    bag = h.get("baggage") or ""
+    if carriers == "baggage" or had_member:
+        assert "x-mse-tag=gray" in bag.split(",") and "blue" not in bag
+    else:
+        assert "x-mse-tag" not in bag.lower()
+    assert ("user=7" in bag) == ("user=7" in str(before))

@@ -325,3 +325,49 @@ def test_lane_baggage_oversized_header_is_ignored_like_upstream_but_logged_once(
     otel_from_ours = [r for r in caplog.records if r.name.startswith("opentelemetry")]
     assert len(ours) == 1 and "v" * 100 not in ours[0].getMessage(), [r.getMessage() for r in ours]
     assert len(otel_from_ours) == 3  # all three from the reference pair, none from graybaggage's step
+
+
+def _lane_members(carrier: dict) -> list[str]:
+    bag = carrier.get("baggage") or carrier.get("Baggage") or ""
+    return [m.split("=", 1)[1].strip() for m in bag.split(",") if "=" in m and m.split("=", 1)[0].strip().lower() == "x-mse-tag"]
+
+
+@pytest.mark.parametrize("carriers", ["header", "baggage"])
+@pytest.mark.parametrize("kind", ["lane", "lane+baggage"])
+def test_inject_with_one_carrier(carriers, kind):
+    """GRAYBAGGAGE_CARRIERS: the chosen carrier always goes out; the other is never added, and never left
+    naming another lane; without a lane nothing differs from the default."""
+    s = config.load_settings({"GRAYBAGGAGE_CARRIERS": carriers})
+    default = config.load_settings({})
+    make = {"lane": LanePropagator, "lane+baggage": LaneBaggagePropagator}[kind]
+    prop, ref = make(s), make(default)
+    for i, ctx in enumerate(_inject_contexts()):
+        lane = baggage.get_baggage("x-mse-tag", ctx)
+        lane = lane if check_lane(lane)[0] else None
+        for j, pre in enumerate(_prefilled()):
+            got, expected = dict(pre), dict(pre)
+            prop.inject(got, ctx)
+            ref.inject(expected, ctx)
+            if lane is None:
+                assert got == expected, (i, j)
+                continue
+            members = _lane_members(got)
+            assert all(m == lane for m in members), (i, j, got)
+            if carriers == "header":
+                assert got["x-mse-tag"] == lane, (i, j, got)
+                assert members == [] if not _lane_members(pre) else members in ([], [lane]), (i, j, got)
+            else:
+                assert members == [lane], (i, j, got)
+                assert got.get("x-mse-tag") == (lane if "x-mse-tag" in pre else None), (i, j, got)
+
+
+def test_carriers_setting_is_validated(caplog):
+    assert (config.load_settings({}).send_header, config.load_settings({}).send_baggage) == (True, True)
+    s = config.load_settings({"GRAYBAGGAGE_CARRIERS": " Baggage "})
+    assert (s.send_header, s.send_baggage) == (False, True)
+    s = config.load_settings({"GRAYBAGGAGE_CARRIERS": "header,baggage"})
+    assert (s.send_header, s.send_baggage) == (True, True)
+    with caplog.at_level(logging.WARNING):
+        s = config.load_settings({"GRAYBAGGAGE_CARRIERS": "headers"})
+    assert (s.send_header, s.send_baggage) == (True, True)
+    assert "GRAYBAGGAGE_CARRIERS" in caplog.text

@@ -10,9 +10,7 @@ from typing import Iterable
 from urllib.parse import unquote
 
 from opentelemetry import baggage
-from opentelemetry.context import Context
-
-from graybaggage._context import get_current
+from opentelemetry.context import Context, get_current
 
 BASE = "base"
 MAX_LANE_LEN = 63

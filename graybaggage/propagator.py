@@ -10,7 +10,7 @@ from typing import Any, MutableMapping
 
 from opentelemetry.baggage import get_all, set_baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context, create_key, get_value
+from opentelemetry.context import Context, create_key, get_current, get_value
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -21,7 +21,6 @@ from opentelemetry.propagators.textmap import (
 )
 
 from graybaggage import config
-from graybaggage._context import get_current
 from graybaggage._log import log_once
 from graybaggage.lane import (BAGGAGE_OVERSIZED, CarrierReader, baggage_value, get_lane, has_baggage_member,
                               replace_baggage_member, set_lane)

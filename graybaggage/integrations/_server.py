@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-from opentelemetry.context import Context, set_value
+from opentelemetry.context import Context, attach, detach, get_current, set_value
 
 from graybaggage import _patch, _runtime
-from graybaggage._context import attach, detach, get_current
 from graybaggage._request import ASGIRequestView, WSGIRequestView
 from graybaggage.lane import set_lane
 from graybaggage.propagator import DECIDED_KEY

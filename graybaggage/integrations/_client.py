@@ -29,8 +29,7 @@ def text(value: Any) -> Any:
     return str(value)  # e.g. an int, which http.client sends as str(value)
 
 
-def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _runtime.Runtime,
-                     get: Callable[[str], Any] | None = None) -> None:
+def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _runtime.Runtime) -> None:
     """Make the outbound headers carry exactly the current lane.
 
     ``headers`` must be a case-insensitive mapping whose ``__setitem__`` replaces every value of the name
@@ -38,13 +37,11 @@ def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _r
     The header is set (overwriting a hand-forwarded value) and the lane is added to ``baggage``; a carrier
     that ``GRAYBAGGAGE_CARRIERS`` leaves out is not added, only corrected when the app sent it.
     With no lane, an edge strips any lane header or baggage entry the application copied from the
-    incoming request, so a forged tag cannot leak through a proxying edge. ``get`` reads one header by its
-    lowercase name (default: ``headers.get``), for a client whose mapping has a cheaper read.
+    incoming request, so a forged tag cannot leak through a proxying edge.
     """
     settings = rt.settings
     key = settings.header
-    if get is None:
-        get = headers.get
+    get = headers.get
     if lane is not None:
         current = get(key)
         if current != lane and (settings.send_header or current is not None):

@@ -11,6 +11,7 @@ from typing import Any
 from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.integrations.urllib3 import HANDLED
+from graybaggage.lane import baggage_member
 from graybaggage.routing import send, strict_error_class
 
 def _is_connect_error(exc: BaseException) -> bool:
@@ -46,22 +47,19 @@ def _is_aborted(exc: BaseException) -> bool:
     return False
 
 
-def _store_reader(headers: Any) -> Any:
-    """A read of requests' ``CaseInsensitiveDict`` by lowercase name straight from its store, or None for
-    another mapping. Its own ``get`` raises and catches a KeyError for every missing name: for the usual
-    call (neither lane header nor baggage there yet) that was most of the header step's cost."""
-    if type(headers) is not _CID:
-        return None
-    store = getattr(headers, "_store", None)
-    if type(store) is not OrderedDict:  # requests changed its layout: use the mapping's own get
-        return None
-    get = store.get
-
-    def read(name: str) -> Any:
-        item = get(name)
-        return item[1] if item is not None else None
-
-    return read
+def _lane_headers(headers: Any, lane: str | None, rt: Any) -> None:
+    """:func:`_client.set_lane_headers` for a request. The usual case (a lane, both carriers chosen, and the
+    app set neither) writes straight into requests' ``CaseInsensitiveDict`` store, as its own ``__setitem__``
+    writes it: lowercase name -> (name, value). Everything else takes the general step."""
+    settings = rt.settings
+    if lane is not None and type(headers) is _CID and settings.send_header and settings.send_baggage:
+        store = headers._store
+        key = settings.header
+        if key not in store and "baggage" not in store:
+            store[key] = (key, lane)
+            store["baggage"] = ("baggage", baggage_member(key, lane))
+            return
+    _client.set_lane_headers(headers, lane, rt)
 
 
 def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -69,7 +67,7 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     rt, lane = _client.current()
     headers = request.headers
     if lane is not None or rt.settings.edge:
-        _client.set_lane_headers(headers, lane, rt, _store_reader(headers))
+        _lane_headers(headers, lane, rt)
     try:
         setattr(headers, HANDLED, True)  # the urllib3 pool hook underneath has nothing left to do
     except AttributeError:  # an unusual header mapping: the pool hook will just check again
@@ -101,12 +99,25 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
                 _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), strict_error)
 
 
-_CID: Any = None  # requests' CaseInsensitiveDict, once requests.adapters is patched
+_CID: Any = None
+"""requests' CaseInsensitiveDict once requests.adapters is patched, if its store has the layout the fast
+paths read and write (checked with a probe); else None and the mapping's own methods are used."""
+
+
+def _known_layout(cid: Any) -> bool:
+    try:
+        probe = cid()
+        probe["X-Probe"] = "1"
+        store = probe.__dict__.get("_store")
+        return type(store) in (OrderedDict, dict) and list(store.items()) == [("x-probe", ("X-Probe", "1"))]
+    except Exception:  # noqa: BLE001 - anything unexpected: no fast path
+        return False
 
 
 def patch(mod: Any) -> None:
     global _CID
-    _CID = getattr(mod, "CaseInsensitiveDict", None)
+    cid = getattr(mod, "CaseInsensitiveDict", None)
+    _CID = cid if cid is not None and _known_layout(cid) else None
     wrap(mod.HTTPAdapter, "send", _send)
 
 

@@ -69,34 +69,43 @@ def test_baggage_member_is_replaced_exactly(kind, before, after, rt):
     {"baggage": "x-mse-tag=gray"}, {"baggage": b"user=7,x-mse-tag=blue"}, {"x-mse-tag": b"gray", "Accept": "*/*"},
 ])
 @pytest.mark.parametrize("lane", ["gray", None])
-def test_requests_store_reader_gives_what_the_mapping_gives(before, lane, rt):
-    """The requests integration reads CaseInsensitiveDict's store directly; the result must be the same."""
+@pytest.mark.parametrize("carriers", ["header,baggage", "header", "baggage"])
+@pytest.mark.parametrize("edge", [False, True])
+def test_requests_fast_paths_give_what_the_mapping_gives(before, lane, carriers, edge):
+    """The requests integration reads and writes CaseInsensitiveDict's store directly; same result as the
+    general step through the mapping's own methods, names' case included."""
     import requests.adapters
 
     from graybaggage.integrations import requests as gb_requests
 
-    gb_requests._CID = requests.adapters.CaseInsensitiveDict
+    gb_requests._CID = requests.adapters.CaseInsensitiveDict if gb_requests._known_layout(
+        requests.adapters.CaseInsensitiveDict) else None
+    assert gb_requests._CID is CaseInsensitiveDict
+    rt = Runtime(config.load_settings({"GRAYBAGGAGE_CARRIERS": carriers}, edge=edge))
     fast, slow = CaseInsensitiveDict(before), CaseInsensitiveDict(before)
-    reader = gb_requests._store_reader(fast)
-    assert reader is not None
-    set_lane_headers(fast, lane, rt, reader)
+    gb_requests._lane_headers(fast, lane, rt)
     set_lane_headers(slow, lane, rt)
     assert list(fast.lower_items()) == list(slow.lower_items())
     assert list(fast.keys()) == list(slow.keys())
 
 
-def test_requests_store_reader_only_for_the_exact_type():
+def test_requests_fast_paths_only_for_the_exact_type_and_layout():
     from graybaggage.integrations import requests as gb_requests
 
     class Mine(CaseInsensitiveDict):
         pass
 
+    class Flat(CaseInsensitiveDict):  # a layout the fast paths do not know: the store keeps bare values
+        def __setitem__(self, key, value):
+            self._store[key.lower()] = value
+
+    assert gb_requests._known_layout(CaseInsensitiveDict)
+    assert not gb_requests._known_layout(Flat)
     gb_requests._CID = CaseInsensitiveDict
-    assert gb_requests._store_reader(Mine({"a": "1"})) is None
-    assert gb_requests._store_reader({"a": "1"}) is None
-    odd = CaseInsensitiveDict({"a": "1"})
-    odd._store = {"a": ("a", "1")}  # a layout this code does not know
-    assert gb_requests._store_reader(odd) is None
+    rt = Runtime(config.load_settings({}))
+    h = Mine({"Accept": "*/*"})
+    gb_requests._lane_headers(h, "gray", rt)  # the general step, through the mapping's own methods
+    assert h["x-mse-tag"] == "gray" and h["baggage"] == "x-mse-tag=gray" and h["accept"] == "*/*"
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)

@@ -48,16 +48,18 @@ def _is_aborted(exc: BaseException) -> bool:
 
 
 def _lane_headers(headers: Any, lane: str | None, rt: Any) -> None:
-    """:func:`_client.set_lane_headers` for a request. The usual case (a lane, both carriers chosen, and the
-    app set neither) writes straight into requests' ``CaseInsensitiveDict`` store, as its own ``__setitem__``
+    """:func:`_client.set_lane_headers` for a request. The usual case (a lane, and the app set neither carrier)
+    writes the chosen carriers straight into requests' ``CaseInsensitiveDict`` store, as its own ``__setitem__``
     writes it: lowercase name -> (name, value). Everything else takes the general step."""
     settings = rt.settings
-    if lane is not None and type(headers) is _CID and settings.send_header and settings.send_baggage:
+    if lane is not None and type(headers) is _CID:
         store = headers._store
         key = settings.header
         if key not in store and "baggage" not in store:
-            store[key] = (key, lane)
-            store["baggage"] = ("baggage", baggage_member(key, lane))
+            if settings.send_header:
+                store[key] = (key, lane)
+            if settings.send_baggage:
+                store["baggage"] = ("baggage", baggage_member(key, lane))
             return
     _client.set_lane_headers(headers, lane, rt)
 

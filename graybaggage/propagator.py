@@ -6,6 +6,7 @@ points while its distro module is half-imported.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, MutableMapping
 
 from opentelemetry.baggage import get_all, set_baggage
@@ -22,8 +23,8 @@ from opentelemetry.propagators.textmap import (
 
 from graybaggage import config
 from graybaggage._log import log_once
-from graybaggage.lane import (BAGGAGE_OVERSIZED, CarrierReader, baggage_value, get_lane, has_baggage_member,
-                              replace_baggage_member, set_lane)
+from graybaggage.lane import (BAGGAGE_OVERSIZED, BAGGAGE_TOO_MANY, MAX_BAGGAGE_MEMBERS, CarrierReader, baggage_value,
+                              get_lane, has_baggage_member, replace_baggage_member, set_lane)
 
 _logger = logging.getLogger(__name__)
 
@@ -115,6 +116,30 @@ _MEMO_MAX = 512
 _MEMO_VALUE_MAX = 1024
 
 
+class _Reported(logging.Filter):
+    """Drops OpenTelemetry's baggage-propagator warnings while, in this thread, graybaggage parses a ``baggage``
+    header it has already reported (a header over the W3C member limit gets one graybaggage line per
+    process; OpenTelemetry's own warning would come again on every request). Inert otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self._local, "on", False)
+
+    def parse(self, parse: Any, header: str) -> Any:
+        self._local.on = True
+        try:
+            return parse(header)
+        finally:
+            self._local.on = False
+
+
+_REPORTED = _Reported()
+logging.getLogger("opentelemetry.baggage.propagation").addFilter(_REPORTED)
+
+
 class LaneBaggagePropagator(W3CBaggagePropagator):
     """OpenTelemetry's W3C ``baggage`` propagator followed by :class:`LanePropagator`, in one step.
 
@@ -162,7 +187,14 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
             # line per process instead, without the attacker's bytes.
             log_problem(BAGGAGE_OVERSIZED, "baggage")
         elif header:
-            for name, value in self._entries(header):
+            if len(header) > _MEMO_VALUE_MAX and header.count(",") >= MAX_BAGGAGE_MEMBERS:
+                # past the W3C member limit: OpenTelemetry keeps the first members, as here, but warns on
+                # every request; one line per process instead
+                log_problem(BAGGAGE_TOO_MANY, "baggage")
+                entries = _REPORTED.parse(self._entries, header)
+            else:
+                entries = self._entries(header)
+            for name, value in entries:
                 if baggage_value(name, context) != value:  # (equal: setting it again changes nothing)
                     context = set_baggage(name, value, context)
         return self._lane._extract(carrier, context, getter, header)

@@ -110,6 +110,25 @@ def has_baggage_member(value: str, key: str) -> bool:
     return any(m.split("=", 1)[0].strip().lower() == key for m in value.split(","))
 
 
+# The outbound carriers of a lane. A chosen carrier (GRAYBAGGAGE_CARRIERS) always ends up naming the lane; a
+# carrier left out is never added, only corrected where the app itself sent one. Each answers the value to
+# write, or None to leave the carrier as it is.
+
+def header_update(current: object, lane: str, send: bool) -> str | None:
+    """The lane header's new value, given its ``current`` value (None: absent)."""
+    return lane if current != lane and (send or current is not None) else None
+
+
+def baggage_update(current: str | None, key: str, lane: str, send: bool) -> str | None:
+    """The ``baggage`` header's new value, given its ``current`` value (None or empty: absent)."""
+    if not current:
+        return baggage_member(key, lane) if send else None
+    if not send and not has_baggage_member(current, key):
+        return None
+    merged = replace_baggage_member(current, key, lane)
+    return merged if merged != current else None
+
+
 _valid: dict[str, bool] = {}
 
 

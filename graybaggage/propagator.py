@@ -23,8 +23,8 @@ from opentelemetry.propagators.textmap import (
 
 from graybaggage import config
 from graybaggage._log import log_once
-from graybaggage.lane import (BAGGAGE_OVERSIZED, BAGGAGE_TOO_MANY, MAX_BAGGAGE_MEMBERS, CarrierReader, baggage_value,
-                              get_lane, has_baggage_member, replace_baggage_member, set_lane)
+from graybaggage.lane import (BAGGAGE_OVERSIZED, BAGGAGE_TOO_MANY, MAX_BAGGAGE_MEMBERS, CarrierReader, baggage_update,
+                              baggage_value, get_lane, header_update, replace_baggage_member, set_lane)
 
 _logger = logging.getLogger(__name__)
 
@@ -81,19 +81,19 @@ class LanePropagator(TextMapPropagator):
         lane = get_lane(self._key, context)
         if lane is None:
             return
-        readable = isinstance(carrier, MutableMapping) or hasattr(carrier, "get")
-        self._set_header(carrier, lane, setter, readable)
-        if readable and (self._send_baggage or has_baggage_member(_baggage_of(carrier) or "", self._key)):
-            add_baggage_member(carrier, self._key, lane, setter)
-
-    def _set_header(self, carrier: Any, lane: str, setter: Setter[Any], readable: bool) -> None:
-        """The lane header: always when it is a chosen carrier, else only to correct one already there."""
-        if self._send_header:
-            setter.set(carrier, self._key, lane)
-        elif readable:
-            current = carrier.get(self._key)
-            if current is not None and current != lane:
+        if not (isinstance(carrier, MutableMapping) or hasattr(carrier, "get")):  # nothing to read or merge
+            if self._send_header:
                 setter.set(carrier, self._key, lane)
+            return
+        self._set_header(carrier, lane, setter)
+        bag = baggage_update(_baggage_of(carrier), self._key, lane, self._send_baggage)
+        if bag is not None:
+            setter.set(carrier, "baggage", bag)
+
+    def _set_header(self, carrier: Any, lane: str, setter: Setter[Any]) -> None:
+        header = header_update(carrier.get(self._key), lane, self._send_header)
+        if header is not None:
+            setter.set(carrier, self._key, header)
 
     @property
     def fields(self) -> set[str]:
@@ -102,14 +102,6 @@ class LanePropagator(TextMapPropagator):
 
 def _baggage_of(carrier: Any) -> Any:
     return carrier.get("baggage") or carrier.get("Baggage")
-
-
-def add_baggage_member(carrier: Any, key: str, lane: str, setter: Setter[Any] = default_setter) -> None:
-    """Add ``key=lane`` to the carrier's ``baggage`` header unless it already has an entry for ``key``."""
-    existing = _baggage_of(carrier)
-    merged = replace_baggage_member(existing, key, lane)
-    if merged != existing:
-        setter.set(carrier, "baggage", merged)
 
 
 _MEMO_MAX = 512
@@ -222,7 +214,7 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
             if header is not None:
                 setter.set(carrier, "baggage", header)
                 if lane is not None:
-                    self._lane._set_header(carrier, lane, setter, True)
+                    self._lane._set_header(carrier, lane, setter)
                 return
         # Nothing OpenTelemetry would write: the lane alone, merged into what the carrier already holds.
         self._lane.inject(carrier, context, setter)

@@ -7,7 +7,7 @@ from typing import Any, Callable, MutableMapping
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from graybaggage import _runtime
-from graybaggage.lane import baggage_member, get_lane, has_baggage_member, replace_baggage_member
+from graybaggage.lane import baggage_update, get_lane, header_update, replace_baggage_member
 from graybaggage.table import Route
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -43,17 +43,12 @@ def set_lane_headers(headers: MutableMapping[str, Any], lane: str | None, rt: _r
     key = settings.header
     get = headers.get
     if lane is not None:
-        current = get(key)
-        if current != lane and (settings.send_header or current is not None):
-            headers[key] = lane
-        existing = text(get("baggage"))
-        if not existing:
-            if settings.send_baggage:
-                headers["baggage"] = baggage_member(key, lane)
-        elif settings.send_baggage or has_baggage_member(existing, key):
-            merged = replace_baggage_member(existing, key, lane)
-            if merged != existing:
-                headers["baggage"] = merged
+        header = header_update(get(key), lane, settings.send_header)
+        if header is not None:
+            headers[key] = header
+        bag = baggage_update(text(get("baggage")), key, lane, settings.send_baggage)
+        if bag is not None:
+            headers["baggage"] = bag
         return
     if rt.settings.edge:
         if get(key) is not None:

@@ -11,7 +11,7 @@ from typing import Any
 from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.integrations.urllib3 import HANDLED
-from graybaggage.lane import baggage_member
+from graybaggage.lane import baggage_update, header_update
 from graybaggage.routing import send, strict_error_class
 
 def _is_connect_error(exc: BaseException) -> bool:
@@ -56,10 +56,12 @@ def _lane_headers(headers: Any, lane: str | None, rt: Any) -> None:
         store = headers._store
         key = settings.header
         if key not in store and "baggage" not in store:
-            if settings.send_header:
-                store[key] = (key, lane)
-            if settings.send_baggage:
-                store["baggage"] = ("baggage", baggage_member(key, lane))
+            header = header_update(None, lane, settings.send_header)
+            if header is not None:
+                store[key] = (key, header)
+            bag = baggage_update(None, key, lane, settings.send_baggage)
+            if bag is not None:
+                store["baggage"] = ("baggage", bag)
             return
     _client.set_lane_headers(headers, lane, rt)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (or reuse) the Kubernetes control-plane binaries used by the tests:
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubectl, kwok
 # from the pinned Go modules in tests/k8s/go.mod + go.sum.
 #
 # Everything heavy lives OUTSIDE the repo, under
@@ -56,7 +56,7 @@ main() {
 
   KEY="$( { cat "$HERE/go.mod" "$HERE/go.sum" "${BASH_SOURCE[0]}"; echo "$GO_VERSION|$K8S_LDFLAGS|$KWOK_LDFLAGS|$ETCD_LDFLAGS|$(go env GOOS GOARCH)"; } | sha256sum | cut -c1-16)"
   BIN="$CACHE/bin/$KEY"
-  BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+  BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl kwok)
 
   have_all() {
     [[ -f "$BIN/.stamp" && "$(cat "$BIN/.stamp")" == "$KEY" ]] || return 1
@@ -126,10 +126,10 @@ main() {
 
   cd "$HERE"
   run_step "download modules" go mod download
-  run_step "build kube-apiserver kube-controller-manager kube-scheduler kubectl" \
+  run_step "build kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl" \
     go build -v -p "$JOBS" -trimpath -ldflags "$K8S_LDFLAGS" -o "$TMP/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl
   run_step "build etcd" \
     go build -v -p "$JOBS" -trimpath -ldflags "$ETCD_LDFLAGS" -o "$TMP/etcd" go.etcd.io/etcd/server/v3
   run_step "build kwok" \

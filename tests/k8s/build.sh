@@ -27,8 +27,9 @@ main() {
   JOBS="${GRAYBAGGAGE_K8S_JOBS:-2}"
   T0=$(date +%s)
 
-  log() { echo "[k8s-build +$(( $(date +%s) - T0 ))s] $*" >&2; }
-  die() { log "ERROR: $*"; exit 1; }
+  BUILD_NAME=k8s-build
+  # shellcheck source=buildlib.sh
+  source "$HERE/buildlib.sh"     # log, die, run_step, on_build_exit, take_build_lock
 
   command -v go >/dev/null 2>&1 || die "the 'go' command is not on PATH (need Go >= 1.26; see tests/k8s/README.md)"
 
@@ -54,7 +55,7 @@ main() {
   KWOK_LDFLAGS="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
   ETCD_LDFLAGS="-s -w"
 
-  KEY="$( { cat "$HERE/go.mod" "$HERE/go.sum" "${BASH_SOURCE[0]}"; echo "$GO_VERSION|$K8S_LDFLAGS|$KWOK_LDFLAGS|$ETCD_LDFLAGS|$(go env GOOS GOARCH)"; } | sha256sum | cut -c1-16)"
+  KEY="$( { cat "$HERE/go.mod" "$HERE/go.sum" "${BASH_SOURCE[0]}" "$HERE/buildlib.sh"; echo "$GO_VERSION|$K8S_LDFLAGS|$KWOK_LDFLAGS|$ETCD_LDFLAGS|$(go env GOOS GOARCH)"; } | sha256sum | cut -c1-16)"
   BIN="$CACHE/bin/$KEY"
   BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl kwok)
 
@@ -70,14 +71,7 @@ main() {
   fi
 
   mkdir -p "$CACHE/bin"
-  # One builder at a time (parallel pytest workers, two terminals...).
-  if command -v flock >/dev/null 2>&1; then
-    exec 9>"$CACHE/.build.lock"
-    if ! flock -n 9; then
-      log "another build.sh holds $CACHE/.build.lock; waiting..."
-      flock 9
-    fi
-  fi
+  take_build_lock "$CACHE/.build.lock"
   if [[ "${GRAYBAGGAGE_K8S_REBUILD:-0}" != 1 ]] && have_all; then
     log "cache hit after waiting: $BIN"
     echo "$BIN"; exit 0
@@ -90,39 +84,7 @@ main() {
   rm -rf "$TMP"; mkdir -p "$TMP"
   LOGDIR="$CACHE/logs"; mkdir -p "$LOGDIR"
   STEP=""
-  on_exit() {
-    local rc=$?
-    if [[ $rc -ne 0 ]]; then
-      log "FAILED at step '$STEP' (exit $rc) after $(( $(date +%s) - T0 ))s"
-      if [[ -f "$LOGDIR/step.log" ]]; then
-        echo "----- last 40 lines of $LOGDIR/step.log -----" >&2
-        tail -n 40 "$LOGDIR/step.log" >&2 || true
-        echo "---------------------------------------------" >&2
-        cp "$LOGDIR/step.log" "$LOGDIR/failed-$(date +%Y%m%d-%H%M%S).log" 2>/dev/null || true
-      fi
-    fi
-    [[ -n "${TICKER:-}" ]] && kill "$TICKER" 2>/dev/null || true
-    rm -rf "$TMP"
-  }
-  trap on_exit EXIT
-
-  # run_step NAME CMD...: runs CMD with output in $LOGDIR/step.log; every 30 s prints
-  # how many packages `go build -v` has compiled so far (a cold build is silent otherwise).
-  run_step() {
-    STEP="$1"; shift
-    local s0; s0=$(date +%s)
-    log "step '$STEP' started"
-    : > "$LOGDIR/step.log"
-    ( while sleep 30 </dev/null >/dev/null 2>&1; do  # sleep must not hold our stderr pipe
-        log "  ... '$STEP' running $(( $(date +%s) - s0 ))s, $(grep -vc '^go: ' "$LOGDIR/step.log" || true) packages compiled so far"
-      done ) 9>&- &
-    TICKER=$!
-    # 9>&-: the lock fd must not leak into go's helper processes (e.g. its telemetry
-    # sidecar outlives the build and would hold the lock for a while)
-    "$@" >>"$LOGDIR/step.log" 2>&1 9>&-
-    kill "$TICKER" 2>/dev/null || true; wait "$TICKER" 2>/dev/null || true; TICKER=""
-    log "step '$STEP' done in $(( $(date +%s) - s0 ))s"
-  }
+  trap on_build_exit EXIT
 
   cd "$HERE"
   run_step "download modules" go mod download
@@ -148,7 +110,7 @@ main() {
 
   echo "$KEY" >"$TMP/.stamp"
   rm -rf "$BIN"
-  mv "$TMP" "$BIN"
+  mv "$TMP" "$BIN"; TMP=""
   # keep only the newest 2 bin dirs (each ~400 MB)
   ls -1dt "$CACHE"/bin/*/ 2>/dev/null | tail -n +3 | xargs -r rm -rf
   log "done in $(( $(date +%s) - T0 ))s: $BIN"

@@ -44,11 +44,11 @@ from typing import Callable, Iterable, Sequence
 HERE = Path(__file__).resolve().parent
 BUILD_SH = HERE / "build.sh"
 KWOK_STAGES_DIR = HERE / "kwok-stages"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl", "kwok")
 
 NODE_NAME = "kwok-node-0"
 SERVICE_CIDR = "10.0.0.0/24"
-POD_CIDR = "10.244.0.0/16"
+POD_CIDR = "10.244.0.0/17"   # kwok's fake pods; the real node (dataplane.py) uses 10.244.128.0/24
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
@@ -532,6 +532,8 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--enable-priority-and-fairness=false",
+            # namespace annotations that put a namespace's pods on the real data-plane node (dataplane.py)
+            "--enable-admission-plugins=PodNodeSelector,PodTolerationRestriction",
             "--profiling=false",
             "--v=1",
         ])

@@ -9,9 +9,14 @@ Fixtures
                             .api_client() -> kubernetes.client.ApiClient
                             .webhook_tls(dir=None) -> WebhookTLS
   k8s_namespace  (function) name of a fresh namespace, deleted afterwards (not awaited)
+  k8s_dataplane  (session)  DataPlane, see tests/k8s/dataplane.py: a real node (pods are processes in
+                            network namespaces), kube-proxy, CoreDNS, Traefik; .gateway_url,
+                            .make_namespace(name), .node_http(url), .resolve(name)
+  k8s_dataplane_namespace (function) a fresh namespace whose pods run on the real node
 
 Markers
   k8s                             added to every test that uses k8s_cluster
+  k8s_dataplane                   added to every test that uses k8s_dataplane
   @pytest.mark.k8s_local_webhook  skip in GRAYBAGGAGE_TEST_KUBECONFIG mode, where a remote
                                   API server cannot reach https://127.0.0.1:<port>.
 
@@ -32,10 +37,13 @@ import pytest
 from .cluster import ControlPlane, ExternalCluster, ensure_binaries
 
 _BUILD_KEY = pytest.StashKey[dict]()
+_DP_BUILD_KEY = pytest.StashKey[dict]()
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "k8s: uses the k8s_cluster fixture (a live control plane)")
+    config.addinivalue_line("markers", "k8s_dataplane: uses the k8s_dataplane fixture (real pods, kube-proxy, "
+                            "CoreDNS, Traefik)")
     config.addinivalue_line(
         "markers",
         "k8s_local_webhook: needs the API server to call a webhook served by the test "
@@ -62,12 +70,18 @@ def _uses_cluster(item) -> bool:
     return "k8s_cluster" in getattr(item, "fixturenames", ())
 
 
+def _uses_dataplane(item) -> bool:
+    return any(f.startswith("k8s_dataplane") for f in getattr(item, "fixturenames", ()))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Mark every test that uses ``k8s_cluster`` with ``k8s`` (before ``-m`` deselection)."""
     for it in items:
         if _uses_cluster(it):
             it.add_marker("k8s")
+        if _uses_dataplane(it):
+            it.add_marker("k8s_dataplane")
 
 
 @pytest.hookimpl(trylast=True)
@@ -90,6 +104,15 @@ def pytest_collection_finish(session):
     except Exception as e:  # reported by the fixture
         state["error"] = e
     state["seconds"] = time.monotonic() - t0
+    if any(_uses_dataplane(it) for it in session.items):
+        dp_state = config.stash.setdefault(_DP_BUILD_KEY, {})
+        t0 = time.monotonic()
+        try:
+            from .dataplane import ensure_dataplane_binaries
+            dp_state["bin_dir"] = ensure_dataplane_binaries(stream=_Uncaptured(config))
+        except Exception as e:  # reported by the fixture
+            dp_state["error"] = e
+        dp_state["seconds"] = time.monotonic() - t0
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +163,42 @@ def k8s_namespace(k8s_cluster, request):
     finally:
         k8s_cluster.kubectl("delete", "namespace", name, "--wait=false",
                             "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def k8s_dataplane_bin(request):
+    """The bin dir with the data plane's own programs (CoreDNS, Traefik), built after collection."""
+    from .dataplane import ensure_dataplane_binaries
+    if os.environ.get("GRAYBAGGAGE_TEST_KUBECONFIG"):
+        pytest.skip("GRAYBAGGAGE_TEST_KUBECONFIG: the real data plane runs only on the local control plane")
+    state = request.config.stash.get(_DP_BUILD_KEY, {})
+    if "error" in state:
+        raise state["error"]
+    return state.get("bin_dir") or ensure_dataplane_binaries(stream=_Uncaptured(request.config))
+
+
+@pytest.fixture(scope="session")
+def k8s_dataplane(k8s_cluster, k8s_dataplane_bin, request):
+    """The real data plane on the session's control plane (started on first use, stopped at the end)."""
+    from .dataplane import DataPlane
+    dp = DataPlane(k8s_cluster, k8s_dataplane_bin)
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            dp.start()
+    else:
+        dp.start()
+    try:
+        yield dp
+    finally:
+        dp.stop()
+
+
+@pytest.fixture
+def k8s_dataplane_namespace(k8s_dataplane, k8s_namespace):
+    """A fresh namespace (as k8s_namespace) whose pods run on the real node."""
+    k8s_dataplane.prepare_namespace(k8s_namespace)
+    return k8s_namespace
 
 
 def pytest_runtest_setup(item):

@@ -149,7 +149,7 @@ def pytest_runtest_makereport(item, call):
 
 
 # ------------------------------------------------------------------------------ entry routing (issue 7)
-GATEWAY_API_VERSION = "v1.4.1"
+from tests.k8s.dataplane import GATEWAY_API_VERSION  # noqa: E402  one Gateway API version per cluster
 
 
 def gateway_api_crd_dir(version: str = GATEWAY_API_VERSION) -> Path:
@@ -306,11 +306,12 @@ CONTROLLER_SA_USER = "system:serviceaccount:graybaggage-system:graybaggage-contr
 
 
 @pytest.fixture(scope="session")
-def gb_install_cluster(tmp_path_factory):
+def gb_install_cluster(tmp_path_factory, k8s_dataplane_bin):
     """A control plane of its own (not the shared `k8s_cluster`): `kubectl delete -k controller/deploy` deletes
     the CRDs, which would pull them from under every other test. Its kube-apiserver also writes an audit log
     (`.audit_log`) of every request the controller's ServiceAccount makes (level Metadata, one record per
-    request), which tests/controller/test_rbac.py compares with the Role."""
+    request), which tests/controller/test_rbac.py compares with the Role. It has a real data plane
+    (`.dataplane`, tests/k8s/dataplane.py): the walk-through's pods run, and its gateway and curl lines too."""
     if os.environ.get("GRAYBAGGAGE_TEST_KUBECONFIG"):
         pytest.skip("needs its own control plane (it deletes the CRDs) and a local webhook")
     from tests.k8s.cluster import ControlPlane, ensure_binaries
@@ -331,7 +332,12 @@ def gb_install_cluster(tmp_path_factory):
     cluster.audit_log = cluster.workdir / "audit.log"
     cluster.start()
     try:
-        yield cluster
+        from tests.k8s.dataplane import DataPlane
+        cluster.dataplane = DataPlane(cluster, k8s_dataplane_bin).start()
+        try:
+            yield cluster
+        finally:
+            cluster.dataplane.stop()
     finally:
         cluster.stop()
 

@@ -510,3 +510,37 @@ def _dns_query(server: str, name: str) -> list[str]:
             out.append(socket.inet_ntoa(data[i:i + 4]))
         i += rdlen
     return sorted(out)
+
+
+def _main() -> None:  # manual use: python -m tests.k8s.dataplane  (Ctrl-C to stop)
+    import signal
+    from .cluster import ControlPlane, ensure_binaries
+
+    def _term(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in the background by a script
+    cp = ControlPlane(ensure_binaries())
+    cp.start()
+    dp = None
+    try:
+        dp = DataPlane(cp, ensure_dataplane_binaries()).start()
+        dp.make_namespace("demo")
+        print(f"export KUBECONFIG={cp.kubeconfig}")
+        print(f"export PATH={cp.bin_dir}:$PATH")
+        print(f"# gateway: {dp.gateway_url}   node namespace: {dp.node_ns} (ip netns exec {dp.node_ns} ...)")
+        print(f"# namespace 'demo' runs its pods on the real node; logs: {dp.workdir}")
+        pids = [p.popen.pid for p in dp.procs]
+        print(f"READY {' '.join(map(str, pids))}", flush=True)
+        while True:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if dp is not None:
+            dp.stop()
+        cp.stop()
+
+
+if __name__ == "__main__":
+    _main()

@@ -9,6 +9,7 @@ import os
 import signal
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,49 @@ def test_sweep_removes_namespaces_of_dead_owners():
             netns.delete(mine)
     finally:
         netns.delete(stale)
+
+
+def test_a_killed_test_run_leaves_nothing_behind(k8s_dataplane_bin, tmp_path):
+    """SIGKILL the process that owns a control plane and a data plane with a pod running: every process it
+    started dies with it (PR_SET_PDEATHSIG), the node agent stops its pods and removes their namespaces on the
+    way out, and the next run's sweep removes the node namespace."""
+    import subprocess
+    import sys
+    from tests.k8s.cluster import ensure_binaries
+    env = dict(os.environ, GRAYBAGGAGE_K8S_BIN=ensure_binaries(), GRAYBAGGAGE_DATAPLANE_BIN=k8s_dataplane_bin)
+    log = open(tmp_path / "run.log", "w+")
+    owner = subprocess.Popen([sys.executable, "-m", "tests.k8s.dataplane"], cwd=str(Path(__file__).resolve().parents[2]),
+                             env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    pids: list[int] = []
+    try:
+        for line in owner.stdout:
+            if line.startswith("export KUBECONFIG="):
+                kubeconfig = line.split("=", 1)[1].strip()
+            if line.startswith("READY"):
+                pids = [int(x) for x in line.split()[1:]]
+                break
+        assert pids, open(tmp_path / "run.log").read()[-3000:]
+        kubectl = os.path.join(env["GRAYBAGGAGE_K8S_BIN"], "kubectl")
+        subprocess.run([kubectl, "--kubeconfig", kubeconfig, "run", "p", "-n", "demo", "--image=graybaggage-probe",
+                        "--restart=Never"], check=True, capture_output=True)
+        mine = lambda: [n for n in netns.ours(owner.pid)]  # noqa: E731
+        _wait("the pod's namespace", lambda: len(mine()) >= 2)     # node + pod
+        owner.kill()
+        owner.wait(10)
+
+        def gone(pid):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        _wait("every data-plane process to die with its owner", lambda: all(gone(p) for p in pids), timeout=60)
+        _wait("the agent to remove its pods' namespaces", lambda: mine() == [netns.name_for(owner.pid, "n", 1)],
+              timeout=60)
+        assert netns.name_for(owner.pid, "n", 1) in netns.sweep_stale()
+        assert mine() == []
+    finally:
+        if owner.poll() is None:
+            os.killpg(owner.pid, signal.SIGKILL)
+        for n in netns.ours(owner.pid):
+            netns.delete(n)

@@ -11,7 +11,8 @@ from typing import Any, MutableMapping
 
 from opentelemetry.baggage import get_all, set_baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context, create_key, get_current, get_value
+from opentelemetry.context import Context, create_key, get_current, get_value, set_value
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -32,6 +33,23 @@ DECIDED_KEY = create_key("graybaggage-decided-lane")
 """Context key set by graybaggage's server hooks: the lane decided for the current inbound request
 ("" for none). Extraction inside that request returns this decision, so a lane tag that edge policy
 dropped cannot come back through another propagator, and the lane is parsed only once."""
+
+
+def decision(context: Context | None = None) -> str | None:
+    """The lane graybaggage's server hook decided for the request being handled ("" for base), or None when
+    no hook decided: read from the current context, else from ``context``."""
+    decided = get_value(DECIDED_KEY)
+    if decided is None and context is not None:
+        decided = context.get(DECIDED_KEY)
+    return decided  # type: ignore[return-value]
+
+
+def reassert(key: str, decided: str, context: Context) -> Context:
+    """``context`` with the decided lane (and the decision itself) put back, whatever an extraction made of it."""
+    context = set_lane(key, decided or None, context)
+    if context.get(DECIDED_KEY) != decided:
+        context = set_value(DECIDED_KEY, decided, context)
+    return context
 
 
 _UNREAD: Any = object()
@@ -60,8 +78,10 @@ class LanePropagator(TextMapPropagator):
     def _extract(self, carrier: CarrierT, context: Context, getter: Getter[CarrierT], baggage_header: Any = _UNREAD) -> Context:
         """The lane step; ``baggage_header`` is the first ``baggage`` value when the caller already read it."""
         decided = get_value(DECIDED_KEY)
+        if decided is None:
+            decided = context.get(DECIDED_KEY)
         if decided is not None:
-            return set_lane(self._key, decided or None, context)
+            return reassert(self._key, decided, context)
         try:
             header_values = getter.get(carrier, self._key)
             baggage_values = getter.get(carrier, "baggage") if not header_values and baggage_header is _UNREAD else None
@@ -234,3 +254,26 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
     @property
     def fields(self) -> set[str]:
         return {self._key, "baggage"}
+
+
+class KeepLaneDecision(CompositePropagator):
+    """The propagators the user chose (``OTEL_PROPAGATORS``), unchanged, plus one rule on extraction: inside a
+    request whose lane graybaggage's server hook decided, the extracted context gets that decision back.
+
+    OpenTelemetry server middlewares (and FastAPI's own telemetry) extract the request context again with
+    the global propagator and attach the result: with ``tracecontext`` first the result starts from an empty
+    context, so without this rule the lane would be lost (or a tag that edge policy dropped would come back
+    from ``baggage``). Injection and ``fields`` are exactly the user's.
+    """
+
+    def __init__(self, chosen: TextMapPropagator, settings: config.Settings | None = None) -> None:
+        parts = getattr(chosen, "_propagators", None)
+        super().__init__(list(parts) if type(chosen) is CompositePropagator and isinstance(parts, list) else [chosen])
+        self._key = (settings or config.get_settings()).header
+
+    def extract(self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter) -> Context:
+        extracted = super().extract(carrier, context, getter)
+        decided = decision(context)
+        if decided is None:
+            return extracted
+        return reassert(self._key, decided, extracted)

@@ -53,7 +53,9 @@ def test_route_explains_decisions():
     out = gb("route", "--lane", "Bad!", "http://spring-cloud-a:20001/", **env).stdout
     assert "is rejected" in out
     res = gb("route", "--lane", "gray", "not a url", **env)
-    assert res.returncode == 2 and "has no host" in res.stderr
+    assert res.returncode == 2 and "'not a url' is not a host name" in res.stderr, res.stderr
+    res = gb("route", "--lane", "gray", "ftp://spring-cloud-a/", **env)
+    assert res.returncode == 2 and "unsupported scheme 'ftp'" in res.stderr, res.stderr
 
 
 def test_run_errors_are_clear():

@@ -106,12 +106,13 @@ class GraybaggageDistro(BaseDistro):  # type: ignore[misc]
 
     def _configure(self, **kwargs: Any) -> None:
         settings = config.get_settings()
-        if settings.enabled is False:  # GRAYBAGGAGE_ENABLED=0: behave as opentelemetry-distro would
-            _logger.info("graybaggage: %s=0: graybaggage stays off in this process", config.GRAYBAGGAGE_ENABLED)
+        if _status.state.switched_on_by is None and os.environ.get("OTEL_PYTHON_DISTRO") == "graybaggage":
+            _status.state.switched_on_by = "OTEL_PYTHON_DISTRO=graybaggage"
+        if settings.enabled is False or _status.state.switched_on_by is None:
+            # GRAYBAGGAGE_ENABLED=0, or opentelemetry-instrument took this distro only because it came first
+            # (OTEL_PYTHON_DISTRO unset): behave exactly as opentelemetry-distro would
             _opentelemetry_distro_defaults()
             return
-        if _status.state.switched_on_by is None:
-            _status.state.switched_on_by = "OTEL_PYTHON_DISTRO=graybaggage"
         mode = config.resolve_mode(settings)
         type(self).mode = _status.state.mode = mode
         if not kwargs.get("programmatic"):

@@ -154,11 +154,13 @@ def known_names() -> frozenset[str]:
     return frozenset(v for k, v in globals().items() if k.startswith("GRAYBAGGAGE_") and isinstance(v, str))
 
 
-def _did_you_mean(name: str, choices: "Iterable[str]") -> str:
+def _did_you_mean(name: str, choices: "Iterable[str]", prefix: str = "") -> str:
+    """``; did you mean X?`` for the closest of ``choices`` (compared without their common ``prefix``)."""
     import difflib
 
-    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+    by_rest = {c[len(prefix):]: c for c in choices}
+    close = difflib.get_close_matches(name[len(prefix):], sorted(by_rest), n=1, cutoff=0.6)
+    return f"; did you mean {by_rest[close[0]]}?" if close else ""
 
 
 def environment_problems(env: Mapping[str, str]) -> list[str]:
@@ -168,7 +170,7 @@ def environment_problems(env: Mapping[str, str]) -> list[str]:
     problems = []
     for name in sorted(n for n in env if n.startswith("GRAYBAGGAGE_")):
         if name not in known and name not in OTHER_TOOLS and not name.startswith("GRAYBAGGAGE_TEST_"):
-            problems.append(f"unknown variable {name} is ignored{_did_you_mean(name, known)}")
+            problems.append(f"unknown variable {name} is ignored{_did_you_mean(name, known, 'GRAYBAGGAGE_')}")
     def given(name: str) -> bool:
         return bool((env.get(name) or "").strip())
 

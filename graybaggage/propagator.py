@@ -56,8 +56,44 @@ _UNREAD: Any = object()
 """Marks a ``baggage`` header the lane step still has to read from the carrier."""
 
 
-def log_problem(problem: str, where: str) -> None:
-    log_once(_logger, f"{where}:{problem}", "graybaggage: ignoring a malformed lane in %s (%s); request stays on base", where, problem)
+_PROBLEM_WORDS = {
+    "not-on-allow-list": "is not on the allow-list (GRAYBAGGAGE_LANES)",
+    "not-a-dns-label": "is not a lane name (a DNS-1123 label of at most 63 characters)",
+    "oversized": "is longer than 63 characters",
+    "empty": "is empty",
+    "duplicate-header": "is sent more than once",
+    "control-characters": "contains control characters",
+    "baggage-oversized": "is a baggage header over the size limit (GRAYBAGGAGE_MAX_BAGGAGE_BYTES)",
+    "baggage-malformed": "is a malformed baggage header",
+    "baggage-too-many-members": "is a baggage header past the W3C limit of 180 members",
+    "unreadable-carrier": "could not be read",
+}
+
+
+def _lane_value(where: str, raw: object) -> str | None:
+    """The offending lane value, for the log line: printable, at most 63 characters, or None."""
+    value: object = raw
+    if where == "baggage" and isinstance(raw, str):
+        from graybaggage.lane import baggage_entry
+
+        try:
+            value = baggage_entry(raw, config.get_settings().header, 1 << 20)[0]
+        except Exception:  # noqa: BLE001 - only a log detail
+            value = None
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return repr(value[:63] + ("..." if len(value) > 63 else "")) if value.isprintable() else None
+
+
+def log_problem(problem: str, where: str, raw: object = None) -> None:
+    """A lane that cannot be used (the request stays on base), logged once per kind of problem per process. The
+    line names what was wrong and, when it is a lane value (e.g. one not on the allow-list), the value."""
+    what = _PROBLEM_WORDS.get(problem, f"is not usable ({problem})")
+    value = _lane_value(where, raw) if raw is not None and problem not in ("baggage-oversized",
+                                                                          "baggage-too-many-members") else None
+    log_once(_logger, f"{where}:{problem}", "graybaggage: ignoring a lane in %s (%s): %s %s; the request stays on base",
+             where, problem, value or "it", what)
 
 
 class LanePropagator(TextMapPropagator):
@@ -92,7 +128,8 @@ class LanePropagator(TextMapPropagator):
             baggage_header = baggage_values[0] if baggage_values else None
         lane, problem, present = self._reader.read(list(header_values) if header_values else None, baggage_header)
         if problem is not None:
-            log_problem(problem, "header" if header_values else "baggage")
+            log_problem(problem, "header" if header_values else "baggage",
+                        header_values[0] if header_values else baggage_header)
         if not present:
             return context
         return set_lane(self._key, lane, context)

@@ -269,11 +269,22 @@ def watch_status(kube: Kube, ns: str, name: str, timeout: float | None, interval
 def cmd_get(kube: Kube, ns: str, name: str, output: str = "tree") -> str:
     gr = _get_release(kube, ns, name)
     workload = ((gr.get("spec") or {}).get("workloadRef") or {}).get("name")
-    base = kube.get("Deployment", ns, workload) if workload else None
-    grays = kube.list("Deployment", ns, f"{n.OWNER_LABEL}={name}")
+    denied: list[str] = []
+
+    def readable(read: Callable[[], Any], what: str, empty: Any) -> Any:
+        try:
+            return read()
+        except KubeError as e:  # the release-operator role reads only GrayReleases, Lanes and the lane table
+            if e.status != 403:
+                raise
+            denied.append(what)
+            return empty
+
+    base = readable(lambda: kube.get("Deployment", ns, workload), "deployments", None) if workload else None
+    grays = readable(lambda: kube.list("Deployment", ns, f"{n.OWNER_LABEL}={name}"), "deployments", [])
     gray = grays[0] if grays else None
-    replicasets = kube.list("ReplicaSet", ns)
-    pods = kube.list("Pod", ns)
+    replicasets = readable(lambda: kube.list("ReplicaSet", ns), "replicasets", [])
+    pods = readable(lambda: kube.list("Pod", ns), "pods", [])
     cm = kube.get("ConfigMap", ns, n.TABLE_CONFIGMAP)
     lane_table = d.parse_lane_table(((cm or {}).get("data") or {}).get(n.TABLE_KEY)) if cm else None
     if output != "tree":
@@ -283,7 +294,11 @@ def cmd_get(kube: Kube, ns: str, name: str, output: str = "tree") -> str:
         return render({"release": gr, "stable": base, "canary": gray, "replicaSets": sets,
                        "pods": [p for p in pods if any(_owned_by(p, u) for u in set_uids)],
                        "laneTable": lane_table}, output)
-    return release_tree(gr, base, gray, replicasets, pods, lane_table)
+    tree = release_tree(gr, base, gray, replicasets, pods, lane_table)
+    if denied:
+        tree += (f"\n(not allowed to read {', '.join(sorted(set(denied)))} in namespace {ns}: the tree is partial; "
+                 "kubectl's view role grants it)")
+    return tree
 
 
 def watch_get(kube: Kube, ns: str, name: str, timeout: float | None, interval: float,

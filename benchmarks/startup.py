@@ -60,6 +60,13 @@ def environment(config: str, port: int, before: str | None) -> dict[str, str]:
     return env
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process used so far (robust where wall time swings on a busy machine)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -68,7 +75,7 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def one_run(config: str, before: str | None, requests: int) -> tuple[float, int]:
+def one_run(config: str, before: str | None, requests: int) -> tuple[float, int, float]:
     port = free_port()
     with tempfile.TemporaryDirectory() as cwd:  # a neutral cwd: graybaggage run puts the cwd on PYTHONPATH
         started = time.perf_counter()
@@ -89,10 +96,11 @@ def one_run(config: str, before: str | None, requests: int) -> tuple[float, int]
                         raise
                     time.sleep(0.005)
             first = time.perf_counter() - started
+            cpu = cpu_s(proc.pid)
             for _ in range(requests):
                 with urllib.request.urlopen(url, timeout=5) as r:
                     r.read()
-            return first, rss_kib(proc.pid)
+            return first, rss_kib(proc.pid), cpu
         finally:
             proc.kill()
             proc.wait(10)
@@ -106,26 +114,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the raw numbers here")
     args = p.parse_args(argv)
     configs = ["plain", "gb"] + (["gb-before"] if args.before else [])
-    runs: dict[str, list[tuple[float, int]]] = {c: [] for c in configs}
+    runs: dict[str, list[tuple[float, int, float]]] = {c: [] for c in configs}
     for r in range(args.rounds):
         order = configs if r % 2 == 0 else list(reversed(configs))
         for c in order:
             runs[c].append(one_run(c, args.before, args.requests))
         print(f"round {r + 1}/{args.rounds}: " + "  ".join(
-            f"{c} {runs[c][-1][0] * 1000:.0f} ms {runs[c][-1][1] / 1024:.1f} MiB" for c in configs), file=sys.stderr)
-    plain_t = statistics.median(t for t, _ in runs["plain"])
-    plain_m = statistics.median(m for _, m in runs["plain"])
-    print(f"{'config':<10} {'first response ms (min-max)':<30} {'over plain':>10}  {'RSS MiB (min-max)':<22} {'over plain':>10}")
+            f"{c} {runs[c][-1][0] * 1000:.0f} ms (cpu {runs[c][-1][2] * 1000:.0f} ms) {runs[c][-1][1] / 1024:.1f} MiB"
+            for c in configs), file=sys.stderr)
+
+    def column(c: str, i: int, scale: float) -> list[float]:
+        return [r[i] * scale for r in runs[c]]
+
+    print(f"{'config':<10} {'first response ms':>18} {'over plain':>10}   {'CPU to first ms':>16} {'over plain':>10}"
+          f"   {'RSS MiB':>14} {'over plain':>10}")
+    base = {i: statistics.median(column("plain", i, s)) for i, s in ((0, 1000), (2, 1000), (1, 1 / 1024))}
     for c in configs:
-        ts = [t * 1000 for t, _ in runs[c]]
-        ms = [m / 1024 for _, m in runs[c]]
-        print(f"{c:<10} {statistics.median(ts):7.0f} ({min(ts):.0f}-{max(ts):.0f}){'':<14} "
-              f"{statistics.median(ts) - plain_t * 1000:+9.0f}  {statistics.median(ms):6.1f} ({min(ms):.1f}-{max(ms):.1f})"
-              f"{'':<7} {statistics.median(ms) - plain_m / 1024:+9.1f}")
+        cells = []
+        for i, scale, fmt in ((0, 1000, ".0f"), (2, 1000, ".0f"), (1, 1 / 1024, ".1f")):
+            xs = column(c, i, scale)
+            med = statistics.median(xs)
+            cells.append(f"{med:{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}}) {med - base[i]:+10{fmt}}")
+        print(f"{c:<10} " + "   ".join(cells))
     if args.json:
         Path(args.json).write_text(json.dumps({"rounds": args.rounds, "requests": args.requests,
-                                               "runs": {c: [{"first_response_s": t, "rss_kib": m} for t, m in v]
-                                                        for c, v in runs.items()}}, indent=1))
+                                               "runs": {c: [{"first_response_s": t, "rss_kib": m, "cpu_s": u}
+                                                            for t, m, u in v] for c, v in runs.items()}}, indent=1))
     return 0
 
 

@@ -67,7 +67,8 @@ GRAYBAGGAGE_DYE_RULES_FILE = "GRAYBAGGAGE_DYE_RULES_FILE"
 
 GRAYBAGGAGE_ENABLED = "GRAYBAGGAGE_ENABLED"
 """``1`` switches graybaggage on in a process started by another distro (``opentelemetry-instrument`` with
-opentelemetry-distro), ``0`` keeps it off everywhere. Unset: on under ``graybaggage run``,
+opentelemetry-distro), ``0`` keeps auto-instrumentation from switching it on (an explicit
+:func:`graybaggage.instrument` still does). Unset: on under ``graybaggage run``,
 ``OTEL_PYTHON_DISTRO=graybaggage`` and :func:`graybaggage.instrument`, off otherwise."""
 GRAYBAGGAGE_QUIET = "GRAYBAGGAGE_QUIET"
 """``1``: the start-up line is logged at INFO instead of WARNING (so default log levels hide it)."""

@@ -108,7 +108,7 @@ class GraybaggageDistro(BaseDistro):  # type: ignore[misc]
         settings = config.get_settings()
         if _status.state.switched_on_by is None and os.environ.get("OTEL_PYTHON_DISTRO") == "graybaggage":
             _status.state.switched_on_by = "OTEL_PYTHON_DISTRO=graybaggage"
-        if settings.enabled is False or _status.state.switched_on_by is None:
+        if not kwargs.get("programmatic") and (settings.enabled is False or _status.state.switched_on_by is None):
             # GRAYBAGGAGE_ENABLED=0, or opentelemetry-instrument took this distro only because it came first
             # (OTEL_PYTHON_DISTRO unset): behave exactly as opentelemetry-distro would
             _opentelemetry_distro_defaults()

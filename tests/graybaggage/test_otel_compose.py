@@ -156,3 +156,12 @@ def test_lanes_mode_builds_no_sdk_but_otel_configuration_gets_one(sink):
     finally:
         lanes.kill()
         traced.kill()
+
+
+def test_enabled_0_keeps_graybaggage_run_off(sink):
+    svc = support.start("off", {"HOP_KIND": "flask", "HOP_NEXT": sink.url, "GRAYBAGGAGE_ENABLED": "0"})
+    try:
+        assert support.chain_of(support.get(svc.url + "/p", {"x-mse-tag": "gray"}))[-1]["header"] is None
+        assert "graybaggage: on" not in svc.log
+    finally:
+        svc.kill()

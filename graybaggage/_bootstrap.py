@@ -14,13 +14,16 @@ _logger = logging.getLogger(__name__)
 
 
 def instrument(**overrides: Any) -> None:
+    from graybaggage import _status
     from graybaggage.distro import GraybaggageDistro, resolve_mode
 
     settings = config.load_settings(**overrides)
     config.set_settings(settings)
+    if _status.state.switched_on_by is None:
+        _status.state.switched_on_by = "graybaggage.instrument()"
     distro = GraybaggageDistro()
-    distro.configure()
-    GraybaggageDistro.mode = resolve_mode(settings, trace.get_tracer_provider())
+    distro.configure(programmatic=True)
+    GraybaggageDistro.mode = _status.state.mode = resolve_mode(settings, trace.get_tracer_provider())
     disabled = {x.strip() for x in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",") if x.strip()}
     if "*" in disabled:
         disabled = {n for n in (ep.name for ep in entry_points(group="opentelemetry_instrumentor")) if n != "graybaggage"}
@@ -39,6 +42,7 @@ def instrument(**overrides: Any) -> None:
         if dist is not None and get_dist_dependency_conflicts(dist) is not None:
             continue  # the instrumented library is not installed (same check as opentelemetry-instrument)
         distro.load_instrumentor(ep, skip_dep_check=True)
+    _status.announce()
 
 
 def uninstrument() -> None:

@@ -26,6 +26,20 @@ def log_once(logger: logging.Logger, kind: str, msg: str, *args: object, level: 
     logger.log(level, msg + " (logged once per process; further cases are counted silently)", *args)
 
 
+_warned: set[str] = set()
+
+
+def warn_once(logger: logging.Logger, message: str, level: int = logging.WARNING) -> None:
+    """Log ``message`` (a complete line, e.g. a configuration problem) once per process; repeats are dropped."""
+    if message in _warned:
+        return
+    with _lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    logger.log(level, message)
+
+
 def problem_counts() -> dict[str, int]:
     """How many times each once-logged problem kind was seen (for diagnostics and tests)."""
     return dict(_seen)
@@ -34,3 +48,4 @@ def problem_counts() -> dict[str, int]:
 def _reset_for_tests() -> None:
     with _lock:
         _seen.clear()
+        _warned.clear()

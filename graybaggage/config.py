@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from graybaggage.lane import BASE, check_lane, parse_allow_list
 
@@ -65,6 +65,23 @@ GRAYBAGGAGE_DYE_RULES = "GRAYBAGGAGE_DYE_RULES"
 GRAYBAGGAGE_DYE_RULES_FILE = "GRAYBAGGAGE_DYE_RULES_FILE"
 """Path to a JSON/YAML dye rules file, hot-reloaded."""
 
+GRAYBAGGAGE_ENABLED = "GRAYBAGGAGE_ENABLED"
+"""``1`` switches graybaggage on in a process started by another distro (``opentelemetry-instrument`` with
+opentelemetry-distro), ``0`` keeps auto-instrumentation from switching it on (an explicit
+:func:`graybaggage.instrument` still does). Unset: on under ``graybaggage run``,
+``OTEL_PYTHON_DISTRO=graybaggage`` and :func:`graybaggage.instrument`, off otherwise."""
+GRAYBAGGAGE_QUIET = "GRAYBAGGAGE_QUIET"
+"""``1``: the start-up line is logged at INFO instead of WARNING (so default log levels hide it)."""
+GRAYBAGGAGE_STATUS_DIR = "GRAYBAGGAGE_STATUS_DIR"
+"""Where each active process writes ``<pid>.json`` (what ``graybaggage routes --pid`` reads). Default
+``$TMPDIR/graybaggage-<uid>``; ``off`` writes nothing."""
+
+OTHER_TOOLS = frozenset({
+    "GRAYBAGGAGE_K8S_BIN", "GRAYBAGGAGE_K8S_CACHE", "GRAYBAGGAGE_K8S_REBUILD", "GRAYBAGGAGE_K8S_JOBS",
+    "GRAYBAGGAGE_K8S_KEEP_WORKDIR", "GRAYBAGGAGE_RESYNC_SECONDS",
+})
+"""``GRAYBAGGAGE_*`` names read by the test tooling and the controller, not by the library."""
+
 OTEL_PROPAGATORS = "OTEL_PROPAGATORS"
 _TRACING_ENV = (
     "OTEL_TRACES_EXPORTER",
@@ -73,6 +90,9 @@ _TRACING_ENV = (
 )
 
 DEFAULT_HEADER = "x-mse-tag"
+INTEGRATIONS = ("flask", "django", "starlette", "uvicorn", "wsgi_servers", "requests", "urllib3", "urllib", "httpx",
+                "aiohttp")
+"""Names accepted by ``GRAYBAGGAGE_DISABLED_INTEGRATIONS`` (graybaggage.integrations.ALL)."""
 DEFAULT_CONFIGMAP = "graybaggage-lanes"
 _SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 MODES = ("auto", "lanes", "tracing")
@@ -107,6 +127,9 @@ class Settings:
     dye_rules_file: str | None = None
     user_propagators: str | None = None
     tracing_env: bool = False
+    enabled: bool | None = None
+    quiet: bool = False
+    status_dir: str | None = None
 
     @property
     def table_source(self) -> str:
@@ -120,6 +143,61 @@ class Settings:
         return "none"
 
 
+def _warn(message: str) -> None:
+    """A configuration problem: one WARNING line per distinct message per process."""
+    from graybaggage._log import warn_once
+
+    warn_once(_logger, "graybaggage: " + message)
+
+
+def known_names() -> frozenset[str]:
+    """Every ``GRAYBAGGAGE_*`` variable the library reads."""
+    return frozenset(v for k, v in globals().items() if k.startswith("GRAYBAGGAGE_") and isinstance(v, str))
+
+
+def _did_you_mean(name: str, choices: "Iterable[str]", prefix: str = "") -> str:
+    """``; did you mean X?`` for the closest of ``choices`` (compared without their common ``prefix``)."""
+    import difflib
+
+    by_rest = {c[len(prefix):]: c for c in choices}
+    close = difflib.get_close_matches(name[len(prefix):], sorted(by_rest), n=1, cutoff=0.6)
+    return f"; did you mean {by_rest[close[0]]}?" if close else ""
+
+
+def environment_problems(env: Mapping[str, str]) -> list[str]:
+    """Unknown ``GRAYBAGGAGE_*`` names (with the likely intended one) and settings that contradict each other.
+    Pure: the messages, without the ``graybaggage:`` prefix."""
+    known = known_names()
+    problems = []
+    for name in sorted(n for n in env if n.startswith("GRAYBAGGAGE_")):
+        if name not in known and name not in OTHER_TOOLS and not name.startswith("GRAYBAGGAGE_TEST_"):
+            problems.append(f"unknown variable {name} is ignored{_did_you_mean(name, known, 'GRAYBAGGAGE_')}")
+    def given(name: str) -> bool:
+        return bool((env.get(name) or "").strip())
+
+    table_sources = [n for n in (GRAYBAGGAGE_LANE_TABLE, GRAYBAGGAGE_LANE_TABLE_FILE) if given(n)]
+    cm = (env.get(GRAYBAGGAGE_LANE_TABLE_CONFIGMAP) or "").strip()
+    if cm and cm.lower() not in ("off", "none", "0", "false"):
+        table_sources.append(GRAYBAGGAGE_LANE_TABLE_CONFIGMAP)
+    if len(table_sources) > 1:
+        problems.append(f"{' and '.join(table_sources)} are set; the lane table comes from {table_sources[0]} "
+                        f"only ({', '.join(table_sources[1:])} ignored; precedence: text, file, ConfigMap)")
+    if given(GRAYBAGGAGE_DYE_RULES) and given(GRAYBAGGAGE_DYE_RULES_FILE):
+        problems.append(f"{GRAYBAGGAGE_DYE_RULES} and {GRAYBAGGAGE_DYE_RULES_FILE} are both set; the dye rules come "
+                        f"from {GRAYBAGGAGE_DYE_RULES} only")
+    if given(GRAYBAGGAGE_LANE) and given(MSE_ALICLOUD_SERVICE_TAG) and \
+            env[GRAYBAGGAGE_LANE].strip() != env[MSE_ALICLOUD_SERVICE_TAG].strip():
+        problems.append(f"{GRAYBAGGAGE_LANE}={env[GRAYBAGGAGE_LANE].strip()!r} and {MSE_ALICLOUD_SERVICE_TAG}="
+                        f"{env[MSE_ALICLOUD_SERVICE_TAG].strip()!r} disagree; this instance serves "
+                        f"{env[GRAYBAGGAGE_LANE].strip()!r}")
+    disabled = [x.strip().lower() for x in (env.get(GRAYBAGGAGE_DISABLED_INTEGRATIONS) or "").split(",") if x.strip()]
+    for name in disabled:
+        if name not in INTEGRATIONS:
+            problems.append(f"{GRAYBAGGAGE_DISABLED_INTEGRATIONS}: unknown integration {name!r} is ignored"
+                            f"{_did_you_mean(name, INTEGRATIONS)} (known: {', '.join(INTEGRATIONS)})")
+    return problems
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None:
@@ -129,7 +207,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    _logger.warning("%s=%r is not a boolean (use 1/0, true/false); using %s", name, raw, default)
+    _warn(f"{name}={raw!r} is not a boolean (use 1/0, true/false); using {'1' if default else '0'}")
     return default
 
 
@@ -140,10 +218,10 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = int,
     try:
         value = kind(raw)
     except ValueError:
-        _logger.warning("%s=%r is not a number; using %s", name, raw, default)
+        _warn(f"{name}={raw!r} is not a number; using {default}")
         return default
     if value < minimum:
-        _logger.warning("%s=%r is below %s; using %s", name, raw, minimum, default)
+        _warn(f"{name}={raw!r} is below {minimum}; using {default}")
         return default
     return value
 
@@ -181,24 +259,58 @@ def _carriers(env: Mapping[str, str]) -> tuple[bool, bool]:
         return True, True
     chosen = {x.strip().lower() for x in raw.split(",") if x.strip()}
     if not chosen <= set(CARRIERS):
-        _logger.warning("%s=%r: use header, baggage or header,baggage; sending both", GRAYBAGGAGE_CARRIERS, raw)
+        _warn(f"{GRAYBAGGAGE_CARRIERS}={raw!r}: use header, baggage or header,baggage; sending both")
         return True, True
     return "header" in chosen, "baggage" in chosen
+
+
+def _status_dir(env: Mapping[str, str]) -> str | None:
+    raw = (env.get(GRAYBAGGAGE_STATUS_DIR) or "").strip()
+    if raw.lower() in ("off", "none", "0", "false"):
+        return None
+    if raw:
+        return raw
+    import tempfile
+
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return os.path.join(tempfile.gettempdir(), f"graybaggage-{uid}")
+
+
+def resolve_mode(settings: Settings, provider: object = None) -> str:
+    """``lanes`` or ``tracing``: the setting, or for ``auto``, tracing when OpenTelemetry export is configured
+    (and can work: opentelemetry-sdk installed) or an SDK TracerProvider is already set."""
+    if settings.mode != "auto":
+        return settings.mode
+    if provider is not None and hasattr(provider, "add_span_processor"):
+        return "tracing"
+    if settings.tracing_env:
+        import importlib.util
+
+        if importlib.util.find_spec("opentelemetry.sdk") is None:
+            _warn("OpenTelemetry export is configured (" + ", ".join(
+                f"{n}={os.environ.get(n)}" for n in _TRACING_ENV if os.environ.get(n)) + ") but opentelemetry-sdk is "
+                "not installed, so nothing can be exported; running lanes-only (pip install opentelemetry-distro to "
+                "export spans)")
+            return "lanes"
+        return "tracing"
+    return "lanes"
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``) and explicit ``overrides``."""
     env = os.environ if env is None else env
+    for problem in environment_problems(env):
+        _warn(problem)
     header = (env.get(GRAYBAGGAGE_HEADER) or DEFAULT_HEADER).strip().lower()
     if not header or any(c in header for c in " \t\r\n:,;="):
-        _logger.warning("%s=%r is not a usable header name; using %s", GRAYBAGGAGE_HEADER, header, DEFAULT_HEADER)
+        _warn(f"{GRAYBAGGAGE_HEADER}={header!r} is not a usable header name; using {DEFAULT_HEADER}")
         header = DEFAULT_HEADER
 
     allowed = parse_allow_list((env.get(GRAYBAGGAGE_LANES) or "").split(","))
     if allowed:
         bad = sorted(x for x in allowed if check_lane(x)[0] is None)
         if bad:
-            _logger.warning("%s: ignoring invalid lane names %s", GRAYBAGGAGE_LANES, bad)
+            _warn(f"{GRAYBAGGAGE_LANES}: ignoring invalid lane names {', '.join(bad)}")
             allowed = frozenset(allowed - set(bad)) or None
 
     instance = BASE
@@ -207,14 +319,14 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         if raw:
             lane, problem = check_lane(raw.strip())
             if lane is None:
-                _logger.warning("%s=%r is not a valid lane (%s); this instance serves base", name, raw, problem)
+                _warn(f"{name}={raw!r} is not a valid lane ({problem}); this instance serves base")
             else:
                 instance = lane
             break
 
     mode = (env.get(GRAYBAGGAGE_MODE) or "auto").strip().lower()
     if mode not in MODES:
-        _logger.warning("%s=%r is not one of %s; using auto", GRAYBAGGAGE_MODE, mode, MODES)
+        _warn(f"{GRAYBAGGAGE_MODE}={mode!r} is not one of {', '.join(MODES)}; using auto")
         mode = "auto"
 
     configmap = env.get(GRAYBAGGAGE_LANE_TABLE_CONFIGMAP)
@@ -256,6 +368,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         dye_rules_file=env.get(GRAYBAGGAGE_DYE_RULES_FILE) or None,
         user_propagators=env.get(OTEL_PROPAGATORS) or None,
         tracing_env=tracing_env,
+        enabled=_flag(env, GRAYBAGGAGE_ENABLED, False) if (env.get(GRAYBAGGAGE_ENABLED) or "").strip() else None,
+        quiet=_flag(env, GRAYBAGGAGE_QUIET, False),
+        status_dir=_status_dir(env),
     )
     unknown = set(overrides) - set(values)
     if unknown:

@@ -20,7 +20,7 @@ class Inbound:
         edge: bool,
         pass_through_lane: str | None,
         rules: Callable[[], Any],
-        on_problem: Callable[[str, str], None],
+        on_problem: Callable[[str, str, object], None],
     ) -> None:
         self.header = header
         self.wsgi_key = "HTTP_" + header.upper().replace("-", "_")
@@ -37,7 +37,8 @@ class Inbound:
         if not self.edge and (header_values or baggage_header):
             lane, problem, _ = self._reader.read(header_values, baggage_header)
             if problem is not None:
-                self._on_problem(problem, "header" if header_values else "baggage")
+                self._on_problem(problem, "header" if header_values else "baggage",
+                                 header_values[0] if header_values else baggage_header)
             if lane is not None:
                 return lane
         rules = self._rules()

@@ -11,7 +11,8 @@ from typing import Any, MutableMapping
 
 from opentelemetry.baggage import get_all, set_baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context, create_key, get_current, get_value
+from opentelemetry.context import Context, create_key, get_current, get_value, set_value
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -34,12 +35,65 @@ DECIDED_KEY = create_key("graybaggage-decided-lane")
 dropped cannot come back through another propagator, and the lane is parsed only once."""
 
 
+def decision(context: Context | None = None) -> str | None:
+    """The lane graybaggage's server hook decided for the request being handled ("" for base), or None when
+    no hook decided: read from the current context, else from ``context``."""
+    decided = get_value(DECIDED_KEY)
+    if decided is None and context is not None:
+        decided = context.get(DECIDED_KEY)
+    return decided  # type: ignore[return-value]
+
+
+def reassert(key: str, decided: str, context: Context) -> Context:
+    """``context`` with the decided lane (and the decision itself) put back, whatever an extraction made of it."""
+    context = set_lane(key, decided or None, context)
+    if context.get(DECIDED_KEY) != decided:
+        context = set_value(DECIDED_KEY, decided, context)
+    return context
+
+
 _UNREAD: Any = object()
 """Marks a ``baggage`` header the lane step still has to read from the carrier."""
 
 
-def log_problem(problem: str, where: str) -> None:
-    log_once(_logger, f"{where}:{problem}", "graybaggage: ignoring a malformed lane in %s (%s); request stays on base", where, problem)
+_PROBLEM_WORDS = {
+    "not-on-allow-list": "is not on the allow-list (GRAYBAGGAGE_LANES)",
+    "not-a-dns-label": "is not a lane name (a DNS-1123 label of at most 63 characters)",
+    "oversized": "is longer than 63 characters",
+    "empty": "is empty",
+    "duplicate-header": "is sent more than once",
+    "control-characters": "contains control characters",
+    "baggage-oversized": "is a baggage header over the size limit (GRAYBAGGAGE_MAX_BAGGAGE_BYTES)",
+    "baggage-malformed": "is a malformed baggage header",
+    "baggage-too-many-members": "is a baggage header past the W3C limit of 180 members",
+    "unreadable-carrier": "could not be read",
+}
+
+
+def _lane_value(where: str, raw: object) -> str | None:
+    """The offending lane value, for the log line: printable, at most 63 characters, or None."""
+    value: object = raw
+    if where == "baggage" and isinstance(raw, str):
+        from graybaggage.lane import baggage_entry
+
+        try:
+            value = baggage_entry(raw, config.get_settings().header, 1 << 20)[0]
+        except Exception:  # noqa: BLE001 - only a log detail
+            value = None
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return repr(value[:63] + ("..." if len(value) > 63 else "")) if value.isprintable() else None
+
+
+def log_problem(problem: str, where: str, raw: object = None) -> None:
+    """A lane that cannot be used (the request stays on base), logged once per kind of problem per process. The
+    line names what was wrong and, when it is a lane value (e.g. one not on the allow-list), the value."""
+    what = _PROBLEM_WORDS.get(problem, f"is not usable ({problem})")
+    value = _lane_value(where, raw) if raw is not None and problem not in ("baggage-oversized",
+                                                                          "baggage-too-many-members") else None
+    log_once(_logger, f"{where}:{problem}", "graybaggage: ignoring a lane in %s (%s): %s %s; the request stays on base",
+             where, problem, value or "it", what)
 
 
 class LanePropagator(TextMapPropagator):
@@ -60,8 +114,10 @@ class LanePropagator(TextMapPropagator):
     def _extract(self, carrier: CarrierT, context: Context, getter: Getter[CarrierT], baggage_header: Any = _UNREAD) -> Context:
         """The lane step; ``baggage_header`` is the first ``baggage`` value when the caller already read it."""
         decided = get_value(DECIDED_KEY)
+        if decided is None:
+            decided = context.get(DECIDED_KEY)
         if decided is not None:
-            return set_lane(self._key, decided or None, context)
+            return reassert(self._key, decided, context)
         try:
             header_values = getter.get(carrier, self._key)
             baggage_values = getter.get(carrier, "baggage") if not header_values and baggage_header is _UNREAD else None
@@ -72,7 +128,8 @@ class LanePropagator(TextMapPropagator):
             baggage_header = baggage_values[0] if baggage_values else None
         lane, problem, present = self._reader.read(list(header_values) if header_values else None, baggage_header)
         if problem is not None:
-            log_problem(problem, "header" if header_values else "baggage")
+            log_problem(problem, "header" if header_values else "baggage",
+                        header_values[0] if header_values else baggage_header)
         if not present:
             return context
         return set_lane(self._key, lane, context)
@@ -234,3 +291,26 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
     @property
     def fields(self) -> set[str]:
         return {self._key, "baggage"}
+
+
+class KeepLaneDecision(CompositePropagator):
+    """The propagators the user chose (``OTEL_PROPAGATORS``), unchanged, plus one rule on extraction: inside a
+    request whose lane graybaggage's server hook decided, the extracted context gets that decision back.
+
+    OpenTelemetry server middlewares (and FastAPI's own telemetry) extract the request context again with
+    the global propagator and attach the result: with ``tracecontext`` first the result starts from an empty
+    context, so without this rule the lane would be lost (or a tag that edge policy dropped would come back
+    from ``baggage``). Injection and ``fields`` are exactly the user's.
+    """
+
+    def __init__(self, chosen: TextMapPropagator, settings: config.Settings | None = None) -> None:
+        parts = getattr(chosen, "_propagators", None)
+        super().__init__(list(parts) if type(chosen) is CompositePropagator and isinstance(parts, list) else [chosen])
+        self._key = (settings or config.get_settings()).header
+
+    def extract(self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter) -> Context:
+        extracted = super().extract(carrier, context, getter)
+        decided = decision(context)
+        if decided is None:
+            return extracted
+        return reassert(self._key, decided, extracted)

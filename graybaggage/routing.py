@@ -111,13 +111,18 @@ class Router:
     def record(self, route: Route, outcome: str) -> None:
         span = trace.get_current_span()
         if span.is_recording():
-            span.set_attributes({
+            attributes = {
                 ATTR_LANE: route.lane,
                 ATTR_DESTINATION: route.destination,
                 ATTR_TARGET: route.authority,
                 ATTR_FALLBACK: outcome in (FALLBACK, FALLBACK_DOWN),
                 ATTR_OUTCOME: outcome,
-            })
+            }
+            if outcome == ROUTED:  # the URL actually requested is the target's (semantic conventions)
+                from graybaggage._spans import client_span_reroute
+
+                attributes.update(client_span_reroute(span, route.host, route.port))
+            span.set_attributes(attributes)
         counter = self._counter
         if counter is None:
             from opentelemetry import metrics
@@ -136,8 +141,9 @@ class Router:
 def strict_error_class(native: type[BaseException]) -> type[BaseException]:
     """A ``LaneUnavailableError`` that is also the client's own connection error ``native`` (cached)."""
     cls = _strict_classes.get(native)
-    if cls is None:
-        cls = _strict_classes[native] = type("LaneUnavailable", (native, LaneUnavailableError), {})
+    if cls is None:  # named like the public class: tracebacks say LaneUnavailableError, as the docs do
+        cls = _strict_classes[native] = type("LaneUnavailableError", (native, LaneUnavailableError),
+                                             {"__module__": LaneUnavailableError.__module__})
     return cls
 
 

@@ -30,6 +30,8 @@ class Source(Generic[T]):
     """A value that may change over time. ``value`` is always the last good one."""
 
     kind = "none"
+    on_change: Callable[["Source[Any]"], None] | None = None
+    """Called after the value or the error changed (graybaggage's status file); must not raise."""
 
     def __init__(self, initial: T, detail: str = "") -> None:
         self.value: T = initial
@@ -43,11 +45,22 @@ class Source(Generic[T]):
         self.error = None
         self.loaded_at = time.time()
         self.generation += 1
+        self._changed()
+
+    def _changed(self) -> None:
+        hook = self.on_change
+        if hook is not None:
+            try:
+                hook(self)
+            except Exception:  # noqa: BLE001 - a diagnostic hook never breaks a source
+                pass
 
     def _fail(self, message: str) -> None:
         if message != self.error:
-            _logger.warning("graybaggage: %s source %s: %s; keeping the last good value", self.kind, self.detail, message)
-        self.error = message
+            kept = "keeping the last good value" if self.loaded_at is not None else "nothing loaded yet: empty"
+            _logger.warning("graybaggage: %s source %s: %s; %s", self.kind, self.detail, message, kept)
+            self.error = message
+            self._changed()
 
     def start(self) -> "Source[T]":
         return self
@@ -84,6 +97,7 @@ class FileSource(Source[T]):
     def __init__(self, path: str, parse: Callable[[str], T], initial: T, poll: float = POLL_SECONDS) -> None:
         super().__init__(initial, path)
         self.path = path
+        self._initial = initial
         self._parse = parse
         self._poll = poll
         self._stamp: tuple[int, int, int, int] | None = None
@@ -98,7 +112,14 @@ class FileSource(Source[T]):
         except OSError as exc:
             if self._stamp != (0, 0, 0, 0):
                 self._stamp = (0, 0, 0, 0)
-                self._fail(f"cannot read file ({exc.strerror})")
+                if isinstance(exc, FileNotFoundError):  # deleted (or not there yet): empty, like a deleted ConfigMap
+                    self._set(self._initial)
+                    self.error = "file does not exist: empty"
+                    _logger.warning("graybaggage: file source %s does not exist: empty (every call stays on base) "
+                                    "until it appears", self.path)
+                    self._changed()
+                else:
+                    self._fail(f"cannot read file ({exc.strerror})")
             return False
         stamp = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
         if stamp == self._stamp:

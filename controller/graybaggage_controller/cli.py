@@ -1,37 +1,178 @@
-"""`kubectl-graybaggage`: the operator's kubectl plugin.
+"""`kubectl-graybaggage`: the operator's kubectl plugin (`kubectl graybaggage ...` once it is on PATH).
 
-    kubectl graybaggage status [NAME] [-n NS] [-A]   GrayReleases as a table (or one in detail)
-    kubectl graybaggage approve NAME [-n NS]         approve the current pause step (last step: promote)
-    kubectl graybaggage rollback NAME [-n NS]        roll back: remove the gray replicas, keep the base stable
-    kubectl graybaggage lanes [-n NS]                Lanes, their members and the published lane table
+    kubectl graybaggage status [NAME] [-n NS | -A] [-o table|json|yaml] [--watch [--timeout 5m]]
+    kubectl graybaggage get NAME [-n NS] [-o tree|json|yaml] [--watch [--timeout 5m]]
+    kubectl graybaggage approve NAME      (alias: promote) approve the current pause step (last step: promote)
+    kubectl graybaggage rollback NAME     (alias: abort)   roll back: remove the gray replicas, keep the base
+    kubectl graybaggage lanes [-n NS | -A] [-o table|json|yaml]
+    kubectl graybaggage version | completion bash
 
+NAME may be written `rollout-a`, `rollout/rollout-a`, `grayrelease/rollout-a` or `gr/rollout-a`.
 approve/rollback only write an annotation on the GrayRelease (graybaggage.io/approve = "<canary>/<step>",
-graybaggage.io/rollback = "<canary>"); the controller acts on it. Exit codes: 0 ok, 1 wrong phase or
-state, 2 usage, 3 not found, 4 API error.
+graybaggage.io/rollback = "<canary>"); the controller acts on it. `--watch` polls the API server once per
+`--interval` (default 1 s). Errors are one line on stderr; the exit code says which kind (see EXIT_CODES).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 from . import desired as d
 from . import names as n
 from .kube import Kube, KubeError, api_client_from
 
+__version__ = "0.1.0"
+
+OK, WRONG_STATE, USAGE, NOT_FOUND, API, TIMEOUT = 0, 1, 2, 3, 4, 5
+EXIT_CODES = """exit codes:
+  0  done; status --watch: the release became (or is) Healthy
+  1  wrong phase or state (e.g. approve a release that is not Paused); status --watch: the release
+     Failed or was rolled back
+  2  usage error (bad arguments, a name of another kind, -A with a NAME)
+  3  not found (the GrayRelease)
+  4  no usable kubeconfig, API server unreachable or refusing, graybaggage CRDs not installed
+  5  --watch --timeout ran out (status)
+"""
+RELEASE_KINDS = ("rollout", "rollouts", "grayrelease", "grayreleases", "gr",
+                 f"grayrelease.{n.GROUP}", f"grayreleases.{n.GROUP}")
+TERMINAL_FAILED = ("Failed",)
+
 
 class CliError(Exception):
-    def __init__(self, message: str, code: int = 1):
+    def __init__(self, message: str, code: int = WRONG_STATE):
         super().__init__(message)
         self.code = code
 
+
+# ---------------------------------------------------------------------------------------------- pure parts
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
+
+def release_name(text: str) -> str:
+    """The GrayRelease name in `NAME`, `rollout/NAME`, `grayrelease/NAME`, `gr/NAME` (kubectl, Argo and
+    Kruise spellings). A name of another kind is a usage error."""
+    if "/" in text:
+        kind, _, name = text.partition("/")
+        if kind.lower() not in RELEASE_KINDS:
+            raise CliError(f'error: "{text}" names a {kind}; this command works on GrayReleases '
+                           f"(write NAME, rollout/NAME or grayrelease/NAME)", USAGE)
+        text = name
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", text or ""):
+        raise CliError(f'error: "{text}" is not a valid resource name', USAGE)
+    return text
+
+
+def duration(text: str) -> float:
+    """Seconds in `90`, `90s`, `5m`, `1h`, `1m30s` (kubectl's --timeout spellings)."""
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
+    if not text.strip() or not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 90s, 5m, 1h)")
+    h, mins, s = m.groups()
+    return int(h or 0) * 3600 + int(mins or 0) * 60 + float(s or 0)
+
+
+def watch_verdict(seen: Sequence[str], phase: str, message: str = "") -> tuple[int, str] | None:
+    """Whether `status --watch` is done: (exit code, line) once the release is Healthy (0), Failed (1), or
+    Healthy again after a rollback seen during the watch (1); None while it is in progress."""
+    if phase in TERMINAL_FAILED:
+        return WRONG_STATE, f"Failed: {message}"
+    if phase == "Healthy":
+        if "RollingBack" in seen:
+            return WRONG_STATE, f"rolled back: {message}"
+        return OK, f"Healthy: {message}"
+    return None
+
+
+def render(obj: Any, output: str) -> str:
+    if output == "json":
+        return json.dumps(obj, indent=2, sort_keys=False)
+    import yaml
+    return yaml.safe_dump(obj, sort_keys=False).rstrip()
+
+
+def _list_doc(items: list[dict], kind: str) -> dict:
+    return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {}}
+
+
+def _owned_by(obj: dict, uid: str | None) -> bool:
+    return bool(uid) and any(r.get("uid") == uid for r in d.meta(obj).get("ownerReferences") or [])
+
+
+def _pod_state(pod: dict) -> str:
+    st = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+    deleting = " terminating" if d.meta(pod).get("deletionTimestamp") else ""
+    return f"{st.get('phase') or 'Pending'}{' ready' if ready else ''}{deleting}"
+
+
+def _rs_line(rs: dict) -> str:
+    spec, st = rs.get("spec") or {}, rs.get("status") or {}
+    rev = (d.labels_of(rs) or {}).get(n.POD_TEMPLATE_HASH, "")
+    return f"ReplicaSet/{d.meta(rs)['name']}  {st.get('readyReplicas') or 0}/{spec.get('replicas') or 0} ready  rev {rev}"
+
+
+def release_tree(gr: dict, base: dict | None, gray: dict | None, replicasets: list[dict], pods: list[dict],
+                 lane_table: dict | None) -> str:
+    """`get NAME`: the release, its stable and canary Deployments with their live ReplicaSets and pods, and its
+    membership in the published lane table. Pure (the objects as read from the API)."""
+    st, spec = gr.get("status") or {}, gr.get("spec") or {}
+    name, lane = d.meta(gr)["name"], spec.get("lane")
+    lines = [f"{name}  GrayRelease  {st.get('phase') or 'Pending'}  lane {lane}  step {st.get('stepLabel') or '-'}"
+             f"  ready {st.get('ready') or '-'}"]
+    if st.get("message"):
+        lines.append(f"│   {st['message']}")
+
+    def deployment(label: str, dep: dict | None, revision: str | None, last: bool, missing: str) -> None:
+        branch, pad = ("└── ", "    ") if last else ("├── ", "│   ")
+        if dep is None:
+            lines.append(f"{branch}{label}  {missing}")
+            return
+        dst = dep.get("status") or {}
+        paused = "  paused" if (dep.get("spec") or {}).get("paused") else ""
+        lines.append(f"{branch}{label}  Deployment/{d.meta(dep)['name']}  rev {revision or '-'}  "
+                     f"{dst.get('readyReplicas') or 0}/{(dep.get('spec') or {}).get('replicas') or 0} ready{paused}")
+        uid = d.meta(dep).get("uid")
+        sets = [rs for rs in replicasets if _owned_by(rs, uid)
+                and ((rs.get("spec") or {}).get("replicas") or (rs.get("status") or {}).get("replicas")
+                     or d.labels_of(rs).get(n.POD_TEMPLATE_HASH) == revision)]
+        sets.sort(key=lambda rs: d.meta(rs)["name"])
+        for i, rs in enumerate(sets):
+            rs_last = i == len(sets) - 1
+            lines.append(f"{pad}{'└── ' if rs_last else '├── '}{_rs_line(rs)}")
+            owned = sorted((p for p in pods if _owned_by(p, d.meta(rs).get("uid"))), key=lambda p: d.meta(p)["name"])
+            for j, pod in enumerate(owned):
+                lines.append(f"{pad}{'    ' if rs_last else '│   '}{'└── ' if j == len(owned) - 1 else '├── '}"
+                             f"Pod/{d.meta(pod)['name']}  {_pod_state(pod)}")
+
+    deployment("stable", base, st.get("stableRevision"), False,
+               f"Deployment/{(spec.get('workloadRef') or {}).get('name')} not found")
+    deployment("canary", gray, st.get("canaryRevision"), False, "none (no release in progress)")
+    routes = ((lane_table or {}).get("lanes") or {}).get(lane, {}).get("routes") or {}
+    workload = (spec.get("workloadRef") or {}).get("name")
+    mine = {k: v for k, v in routes.items() if k.split(".")[0].split(":")[0] == workload
+            or (gray is not None and v.split(".")[0].split(":")[0] == d.meta(gray)["name"])}
+    where = f"configmap/{n.TABLE_CONFIGMAP} revision {(lane_table or {}).get('revision', '-')}"
+    if lane_table is None:
+        lines.append(f"└── lane table  not published (no configmap/{n.TABLE_CONFIGMAP})")
+    elif mine:
+        lines.append(f"└── lane table  {lane}: " + ", ".join(f"{k} -> {v}" for k, v in sorted(mine.items()))
+                     + f"  ({where})")
+    else:
+        lines.append(f"└── lane table  {workload} is not routed in lane {lane}: its traffic stays on base ({where})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- commands
 
 def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
     try:
@@ -48,13 +189,15 @@ def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
 def _get_release(kube: Kube, ns: str, name: str) -> dict:
     gr = kube.get("GrayRelease", ns, name)
     if gr is None:
-        raise CliError(f'error: grayrelease "{name}" not found in namespace "{ns}"', 3)
+        raise CliError(f'error: grayrelease "{name}" not found in namespace "{ns}"', NOT_FOUND)
     return gr
 
 
-def cmd_status(kube: Kube, ns: str | None, name: str | None) -> str:
+def cmd_status(kube: Kube, ns: str | None, name: str | None, output: str = "table") -> str:
     if name:
         gr = _get_release(kube, ns or "default", name)
+        if output != "table":
+            return render(gr, output)
         st = gr.get("status") or {}
         spec = gr.get("spec") or {}
         lines = [
@@ -75,11 +218,13 @@ def cmd_status(kube: Kube, ns: str | None, name: str | None) -> str:
                 for c in st.get("conditions") or []]
         lines.append(table(rows, ["  TYPE", "STATUS", "REASON", "MESSAGE"]) if rows else "  -")
         return "\n".join(lines)
-    items = kube.list("GrayRelease", ns)
+    items = sorted(kube.list("GrayRelease", ns), key=lambda o: (d.meta(o).get("namespace"), d.meta(o)["name"]))
+    if output != "table":
+        return render(_list_doc(items, "GrayRelease"), output)
     if not items:
         return f"No grayreleases found in {ns + ' namespace' if ns else 'any namespace'}."
     rows = []
-    for gr in sorted(items, key=lambda o: (d.meta(o).get("namespace"), d.meta(o)["name"])):
+    for gr in items:
         st, spec = gr.get("status") or {}, gr.get("spec") or {}
         row = [d.meta(gr)["name"], (spec.get("workloadRef") or {}).get("name"), spec.get("lane"),
                st.get("phase", ""), st.get("stepLabel") or "-", st.get("ready") or "-",
@@ -91,6 +236,85 @@ def cmd_status(kube: Kube, ns: str | None, name: str | None) -> str:
     if ns is None:
         headers.insert(0, "NAMESPACE")
     return table(rows, headers)
+
+
+def watch_status(kube: Kube, ns: str, name: str, timeout: float | None, interval: float,
+                 emit: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> int:
+    """`status NAME --watch`: a line per change of phase/step/message; the exit code of :func:`watch_verdict`,
+    or TIMEOUT."""
+    deadline = None if timeout is None else clock() + timeout
+    seen: list[str] = []
+    last = None
+    while True:
+        st = _get_release(kube, ns, name).get("status") or {}
+        phase, message = st.get("phase") or "Pending", st.get("message") or ""
+        if not seen or seen[-1] != phase:
+            seen.append(phase)
+        line = f"{name}  {phase}  step {st.get('stepLabel') or '-'}  ready {st.get('ready') or '-'}  {message}".rstrip()
+        if line != last:
+            emit(line)
+            last = line
+        verdict = watch_verdict(seen, phase, message)
+        if verdict is not None:
+            code, text = verdict
+            emit(f"grayrelease/{name} {text}")
+            return code
+        if deadline is not None and clock() >= deadline:
+            emit(f"error: timed out after {timeout:g}s waiting for grayrelease/{name} (phase {phase})")
+            return TIMEOUT
+        sleep(interval if deadline is None else max(0.0, min(interval, deadline - clock())))
+
+
+def cmd_get(kube: Kube, ns: str, name: str, output: str = "tree") -> str:
+    gr = _get_release(kube, ns, name)
+    workload = ((gr.get("spec") or {}).get("workloadRef") or {}).get("name")
+    denied: list[str] = []
+
+    def readable(read: Callable[[], Any], what: str, empty: Any) -> Any:
+        try:
+            return read()
+        except KubeError as e:  # the release-operator role reads only GrayReleases, Lanes and the lane table
+            if e.status != 403:
+                raise
+            denied.append(what)
+            return empty
+
+    base = readable(lambda: kube.get("Deployment", ns, workload), "deployments", None) if workload else None
+    grays = readable(lambda: kube.list("Deployment", ns, f"{n.OWNER_LABEL}={name}"), "deployments", [])
+    gray = grays[0] if grays else None
+    replicasets = readable(lambda: kube.list("ReplicaSet", ns), "replicasets", [])
+    pods = readable(lambda: kube.list("Pod", ns), "pods", [])
+    cm = kube.get("ConfigMap", ns, n.TABLE_CONFIGMAP)
+    lane_table = d.parse_lane_table(((cm or {}).get("data") or {}).get(n.TABLE_KEY)) if cm else None
+    if output != "tree":
+        uids = {d.meta(x).get("uid") for x in (base, gray) if x}
+        sets = [rs for rs in replicasets if any(_owned_by(rs, u) for u in uids)]
+        set_uids = {d.meta(rs).get("uid") for rs in sets}
+        return render({"release": gr, "stable": base, "canary": gray, "replicaSets": sets,
+                       "pods": [p for p in pods if any(_owned_by(p, u) for u in set_uids)],
+                       "laneTable": lane_table}, output)
+    tree = release_tree(gr, base, gray, replicasets, pods, lane_table)
+    if denied:
+        tree += (f"\n(not allowed to read {', '.join(sorted(set(denied)))} in namespace {ns}: the tree is partial; "
+                 "kubectl's view role grants it)")
+    return tree
+
+
+def watch_get(kube: Kube, ns: str, name: str, timeout: float | None, interval: float,
+              emit: Callable[[str], None]) -> int:
+    """`get NAME --watch`: the tree again whenever it changes, until Ctrl-C or --timeout (exit 0)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    clear = sys.stdout.isatty()
+    while True:
+        tree = cmd_get(kube, ns, name)
+        if tree != last:
+            emit(("\033[H\033[2J" if clear else ("" if last is None else "\n")) + tree)
+            last = tree
+        if deadline is not None and time.monotonic() >= deadline:
+            return OK
+        time.sleep(interval)
 
 
 def cmd_approve(kube: Kube, ns: str, name: str) -> str:
@@ -116,66 +340,229 @@ def cmd_rollback(kube: Kube, ns: str, name: str) -> str:
     return f"grayrelease.graybaggage.io/{name} rolling back (canary {st['canaryRevision']})"
 
 
-def cmd_lanes(kube: Kube, ns: str) -> str:
-    lanes = kube.list("Lane", ns)
-    cm = kube.get("ConfigMap", ns, n.TABLE_CONFIGMAP)
-    tbl = d.parse_lane_table(((cm or {}).get("data") or {}).get(n.TABLE_KEY)) or {}
-    published = tbl.get("lanes") or {}
-    if not lanes and not published:
-        return f"No lanes found in {ns} namespace."
+def cmd_lanes(kube: Kube, ns: str | None, output: str = "table") -> str:
+    lanes = sorted(kube.list("Lane", ns), key=lambda o: (d.meta(o).get("namespace"), d.meta(o)["name"]))
+    namespaces = [ns] if ns is not None else sorted({d.meta(o).get("namespace") for o in lanes})
+    tables = {}
+    for space in namespaces:
+        cm = kube.get("ConfigMap", space, n.TABLE_CONFIGMAP)
+        tables[space] = d.parse_lane_table(((cm or {}).get("data") or {}).get(n.TABLE_KEY)) or {}
+    if output != "table":
+        return render({"lanes": lanes, "laneTables": tables}, output)
+    if not lanes and not any((t.get("lanes") for t in tables.values())):
+        return f"No lanes found in {ns + ' namespace' if ns else 'any namespace'}."
     rows = []
-    for lane in sorted(lanes, key=lambda o: d.meta(o)["name"]):
+    for lane in lanes:
         spec, st = lane.get("spec") or {}, lane.get("status") or {}
         members = ", ".join(f"{m.get('workload')}({m.get('phase') or '?'})" for m in st.get("members") or []) or "-"
+        published = (tables.get(d.meta(lane).get("namespace")) or {}).get("lanes") or {}
         routes = (published.get(spec.get("tag")) or {}).get("routes") or {}
-        rows.append([d.meta(lane)["name"], spec.get("tag"), spec.get("header"), spec.get("fallback"), members,
-                     ", ".join(f"{k}->{v}" for k, v in sorted(routes.items())) or "-"])
-    out = table(rows, ["NAME", "TAG", "HEADER", "FALLBACK", "MEMBERS", "ROUTES (lane table)"])
-    out += f"\n\nlane table: configmap/{n.TABLE_CONFIGMAP} revision {tbl.get('revision', '-')}"
+        row = [d.meta(lane)["name"], spec.get("tag"), spec.get("header"), spec.get("fallback"), members,
+               ", ".join(f"{k}->{v}" for k, v in sorted(routes.items())) or "-"]
+        if ns is None:
+            row.insert(0, d.meta(lane).get("namespace"))
+        rows.append(row)
+    headers = ["NAME", "TAG", "HEADER", "FALLBACK", "MEMBERS", "ROUTES (lane table)"]
+    if ns is None:
+        headers.insert(0, "NAMESPACE")
+    out = table(rows, headers)
+    for space in namespaces:
+        out += (f"\n\nlane table: {'' if ns else space + '/'}configmap/{n.TABLE_CONFIGMAP} "
+                f"revision {tables[space].get('revision', '-')}")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kubectl-graybaggage", description="graybaggage gray releases and lanes")
+def cmd_version(kubeconfig: str | None, context: str | None, client_only: bool) -> str:
+    lines = [f"kubectl-graybaggage {__version__}"]
+    if client_only:
+        return lines[0]
+    try:
+        kube = Kube(api_client_from(kubeconfig, context), timeout=5)
+        dep = kube.get("Deployment", "graybaggage-system", "graybaggage-controller")
+        if dep is None:
+            lines.append("controller: not installed (no deployment graybaggage-system/graybaggage-controller)")
+        else:
+            images = [c.get("image") for c in dep["spec"]["template"]["spec"].get("containers") or []]
+            lines.append(f"controller: {', '.join(images)} ({(dep.get('status') or {}).get('readyReplicas') or 0}"
+                         f"/{dep['spec'].get('replicas')} ready)")
+    except Exception as exc:  # noqa: BLE001 - version must answer even without a cluster
+        why = _api_error(exc) if isinstance(exc, KubeError) else _connection_error(exc, _server_of_config(kubeconfig, context))
+        lines.append(f"controller: unknown ({why[len('error: '):]})")
+    return "\n".join(lines)
+
+
+COMPLETION_BASH = """# kubectl-graybaggage bash completion: source <(kubectl-graybaggage completion bash)
+_kubectl_graybaggage() {
+  local cur=${COMP_WORDS[COMP_CWORD]} cmds="status get approve promote rollback abort lanes version completion"
+  if [ "$COMP_CWORD" -eq 1 ]; then COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return; fi
+  case "${COMP_WORDS[1]}" in
+    status|get|approve|promote|rollback|abort)
+      COMPREPLY=($(compgen -W "$(kubectl get grayreleases -o name 2>/dev/null | sed 's|.*/||')" -- "$cur"));;
+  esac
+}
+complete -F _kubectl_graybaggage kubectl-graybaggage
+"""
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _connection_error(exc: BaseException, server: str) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    text = _one_line(reason)
+    for pattern, says in ((r"Connection refused", "connection refused"), (r"timed out", "timed out"),
+                          (r"Name or service not known|nodename nor servname|getaddrinfo", "unknown host"),
+                          (r"CERTIFICATE_VERIFY_FAILED|SSLError|certificate", "TLS error: " + text)):
+        if re.search(pattern, text):
+            text = says
+            break
+    return f"error: cannot reach the API server at {server}: {text}"
+
+
+def _api_error(e: KubeError) -> str:
+    if e.status == 404 and "could not find the requested resource" in str(e):
+        return "error: the graybaggage CRDs are not installed (kubectl apply -f controller/deploy/crds/)"
+    if e.status in (401, 403):
+        return f"error: the API server refused the request (HTTP {e.status}): {_one_line(e.body.get('message') if isinstance(e.body, dict) else e)}"
+    return f"error: {_one_line(e)}"
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kubectl-graybaggage", description="graybaggage gray releases and lanes",
+                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--namespace", default=None)
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("--context", default=None)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("status", help="show GrayReleases")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, aliases=list(aliases), epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def watching(s: argparse.ArgumentParser, until: str) -> None:
+        s.add_argument("-w", "--watch", action="store_true", help=until)
+        s.add_argument("--timeout", type=duration, default=None, help="with --watch: give up after this long (90s, 5m)")
+        s.add_argument("--interval", type=duration, default=1.0, help=argparse.SUPPRESS)
+
+    s = command("status", "show GrayReleases (one in detail with NAME)")
     s.add_argument("name", nargs="?")
-    s = sub.add_parser("approve", help="approve the current pause step")
+    s.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    watching(s, "with NAME: follow it until Healthy (exit 0), Failed or rolled back (exit 1)")
+    s = command("get", "a release as a tree: stable and canary Deployments, ReplicaSets, pods, lane table")
     s.add_argument("name")
-    s = sub.add_parser("rollback", help="roll back a release in progress")
+    s.add_argument("-o", "--output", choices=("tree", "json", "yaml"), default="tree")
+    watching(s, "redraw when anything changes, until Ctrl-C or --timeout")
+    s = command("approve", "approve the current pause step (the last step promotes)", ["promote"])
     s.add_argument("name")
-    sub.add_parser("lanes", help="show Lanes, members and the lane table")
-    for sp in sub.choices.values():
+    s = command("rollback", "roll back a release in progress (remove the gray replicas)", ["abort"])
+    s.add_argument("name")
+    s = command("lanes", "show Lanes, members and the lane table")
+    s.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    s = command("version", "the plugin's version and, if reachable, the controller's")
+    s.add_argument("--client", action="store_true", help="the plugin only; do not contact the cluster")
+    s = command("completion", "print a shell completion script")
+    s.add_argument("shell", choices=("bash",))
+    for sp in {id(x): x for x in sub.choices.values()}.values():  # (an alias shares its command's parser)
         sp.add_argument("-n", "--namespace", default=argparse.SUPPRESS)
         sp.add_argument("-A", "--all-namespaces", action="store_true", default=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+        sp.add_argument("--kubeconfig", default=argparse.SUPPRESS)
+        sp.add_argument("--context", default=argparse.SUPPRESS)
+    return p
+
+
+ALIASES = {"promote": "approve", "abort": "rollback"}
+
+
+def _run(args: argparse.Namespace, emit: Callable[[str], None]) -> int:
+    cmd = ALIASES.get(args.cmd, args.cmd)
+    if cmd == "version":
+        emit(cmd_version(args.kubeconfig, args.context, args.client))
+        return OK
+    if cmd == "completion":
+        emit(COMPLETION_BASH.rstrip())
+        return OK
+    name = release_name(args.name) if getattr(args, "name", None) else None
+    if args.all_namespaces and (name or cmd in ("approve", "rollback", "get")):
+        raise CliError(f"error: -A (all namespaces) cannot be used with a NAME ({cmd}); use -n NAMESPACE", USAGE)
+    if getattr(args, "watch", False) and cmd == "status" and not name:
+        raise CliError("error: status --watch follows one release: give its NAME", USAGE)
+    if getattr(args, "timeout", None) is not None and not getattr(args, "watch", False):
+        raise CliError("error: --timeout only applies with --watch", USAGE)
+    kube = Kube(api_client_from(args.kubeconfig, args.context))
+    ns = args.namespace or _default_namespace(args.kubeconfig, args.context)
+    if cmd == "status":
+        if args.watch:
+            return watch_status(kube, ns, name, args.timeout, args.interval, emit)
+        emit(cmd_status(kube, None if args.all_namespaces else ns, name, args.output))
+    elif cmd == "get":
+        if args.watch:
+            return watch_get(kube, ns, name, args.timeout, args.interval, emit)
+        emit(cmd_get(kube, ns, name, args.output))
+    elif cmd == "approve":
+        emit(cmd_approve(kube, ns, name))
+    elif cmd == "rollback":
+        emit(cmd_rollback(kube, ns, name))
+    else:
+        emit(cmd_lanes(kube, None if args.all_namespaces else ns, args.output))
+    return OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+
     try:
-        kube = Kube(api_client_from(args.kubeconfig, args.context))
-        ns = args.namespace or _default_namespace(args.kubeconfig, args.context)
-        if args.cmd == "status":
-            out = cmd_status(kube, None if args.all_namespaces and not args.name else ns, args.name)
-        elif args.cmd == "approve":
-            out = cmd_approve(kube, ns, args.name)
-        elif args.cmd == "rollback":
-            out = cmd_rollback(kube, ns, args.name)
-        else:
-            out = cmd_lanes(kube, ns)
+        return _run(args, emit)
     except CliError as e:
         print(str(e), file=sys.stderr)
         return e.code
     except KubeError as e:
-        if e.status == 404 and "could not find the requested resource" in str(e):
-            print("error: the graybaggage CRDs are not installed (kubectl apply -f controller/deploy/crds/)",
-                  file=sys.stderr)
-        else:
-            print(f"error: {e}", file=sys.stderr)
-        return 4
-    print(out)
-    return 0
+        print(_api_error(e), file=sys.stderr)
+        return API
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except Exception as e:  # noqa: BLE001 - one line for the operator, never a traceback
+        kind = type(e).__name__
+        if kind == "ConfigException":
+            print(f"error: no usable Kubernetes configuration ({_one_line(e)}); set KUBECONFIG, pass --kubeconfig, "
+                  "or run in a pod", file=sys.stderr)
+            return API
+        if isinstance(e, OSError) or kind in ("MaxRetryError", "NewConnectionError", "ProtocolError", "SSLError",
+                                              "ReadTimeoutError", "ConnectTimeoutError"):
+            print(_connection_error(e, _server_of(args)), file=sys.stderr)
+            return API
+        print(f"error: {kind}: {_one_line(e)}", file=sys.stderr)
+        return API
+
+
+def _server_of(args: argparse.Namespace) -> str:
+    return _server_of_config(args.kubeconfig, args.context)
+
+
+def _server_of_config(kubeconfig: str | None, context: str | None) -> str:
+    try:
+        from kubernetes import config
+        from kubernetes.client import Configuration
+        c = Configuration()
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=c)
+        return c.host
+    except Exception:  # noqa: BLE001
+        return "(from the kubeconfig)"
 
 
 def _entry() -> None:  # pragma: no cover

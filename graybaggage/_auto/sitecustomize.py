@@ -20,6 +20,9 @@ def _start() -> None:
     if chosen is None:
         os.environ["OTEL_PYTHON_DISTRO"] = "graybaggage"
     try:
+        from graybaggage import _status
+
+        _status.state.switched_on_by = "graybaggage run"
         from opentelemetry.instrumentation.auto_instrumentation import initialize
 
         initialize()  # logs and swallows its own errors: the program always starts

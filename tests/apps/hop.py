@@ -1,6 +1,6 @@
 """A test service that never imports graybaggage: it reports what it received and calls the next hop.
 
-Env: HOP_NAME, HOP_PORT, HOP_KIND (flask | wsgi | asgi | starlette | django), HOP_CLIENT (requests |
+Env: HOP_NAME, HOP_PORT, HOP_KIND (flask | wsgi | asgi | starlette | fastapi | django), HOP_CLIENT (requests |
 urllib3 | urllib | httpx | httpx-async | aiohttp), HOP_NEXT (URL of the next hop or empty),
 HOP_INSIDE (direct | thread | pool | executor | gather: how the outbound call is made), HOP_SEND_BAGGAGE (a
 ``baggage`` header the app itself sends on its outbound call; as bytes with HOP_SEND_BYTES=1).
@@ -241,6 +241,25 @@ def make_starlette():
     return Starlette(routes=[Route("/{path:path}", hop)])
 
 
+def make_fastapi():
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    app = FastAPI()
+
+    async def hop(request):  # a plain endpoint (this module's postponed annotations would hide Request)
+        if request.url.path == "/stats":
+            return Response(stats(), media_type="application/json")
+        if request.url.path == "/otel":
+            return Response(otel_info(), media_type="application/json")
+        nxt = await call_next_async(request.url.path)
+        return Response(report(request.headers.get(HEADER), request.headers.get("baggage"), nxt),
+                        media_type="application/json")
+
+    app.add_route("/{path:path}", hop)
+    return app
+
+
 def make_django():
     import django
     from django.conf import settings
@@ -269,10 +288,10 @@ def make_django():
 
 
 def serve() -> None:
-    if KIND in ("asgi", "starlette"):
+    if KIND in ("asgi", "starlette", "fastapi"):
         import uvicorn
 
-        app = asgi_app if KIND == "asgi" else make_starlette()
+        app = {"asgi": lambda: asgi_app, "starlette": make_starlette, "fastapi": make_fastapi}[KIND]()
         uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", access_log=False)
         return
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server

@@ -53,7 +53,9 @@ def test_route_explains_decisions():
     out = gb("route", "--lane", "Bad!", "http://spring-cloud-a:20001/", **env).stdout
     assert "is rejected" in out
     res = gb("route", "--lane", "gray", "not a url", **env)
-    assert res.returncode == 2 and "has no host" in res.stderr
+    assert res.returncode == 2 and "'not a url' is not a host name" in res.stderr, res.stderr
+    res = gb("route", "--lane", "gray", "ftp://spring-cloud-a/", **env)
+    assert res.returncode == 2 and "unsupported scheme 'ftp'" in res.stderr, res.stderr
 
 
 def test_run_errors_are_clear():
@@ -108,3 +110,25 @@ def test_run_pythonpath_is_idempotent():
     once = run_pythonpath("/a:/b", "/w")
     assert once == os.pathsep.join([hook, "/w", "/a", "/b"])
     assert run_pythonpath(once, "/w") == once  # graybaggage run inside graybaggage run: no growth
+
+
+def test_version_and_host_port_targets():
+    res = gb("--version")
+    assert res.returncode == 0 and res.stdout.strip() == "graybaggage 0.1.0"
+    table = {"version": 1, "lanes": {"gray": {"routes": {"127.0.0.1:18003": "127.0.0.1:18013"}}}}
+    out = gb("route", "--lane", "gray", "127.0.0.1:18003", GRAYBAGGAGE_LANE_TABLE=json.dumps(table)).stdout
+    assert "lane 'gray': 127.0.0.1:18003 -> 127.0.0.1:18013  => http://127.0.0.1:18013" in out, out
+
+
+def test_output_to_a_closed_pipe_exits_quietly(tmp_path):
+    big = {"version": 1, "lanes": {f"l{i}": {"routes": {f"svc-{j}": f"svc-{j}-l{i}" for j in range(300)}}
+                                   for i in range(20)}}
+    f = tmp_path / "lanes.json"
+    f.write_text(json.dumps(big))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAYBAGGAGE_")}
+    env["GRAYBAGGAGE_LANE_TABLE_FILE"] = str(f)
+    for args in ("routes", "routes --json"):
+        res = subprocess.run(f"{support.BIN / 'graybaggage'} {args} | head -1; echo \"rc=${{PIPESTATUS[0]}}\"",
+                             shell=True, executable="/bin/bash", capture_output=True, text=True, env=env, timeout=60)
+        assert res.stderr == "", res.stderr  # no BrokenPipeError traceback
+        assert res.stdout.splitlines()[-1] in ("rc=0", "rc=141"), res.stdout

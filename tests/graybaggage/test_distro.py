@@ -27,14 +27,14 @@ def test_lanes_only_composes_propagator_and_exports_nothing(sink):
         assert "x-mse-tag" in info["propagator"] and "traceparent" in info["propagator"] and "baggage" in info["propagator"]
         # OpenTelemetry's default pair became one flat composite: tracecontext + the lane-aware baggage step
         assert info["propagators"] == ["TraceContextTextMapPropagator", "LaneBaggagePropagator"], info
-        # opentelemetry-distro's configurator is installed in the test env and runs too; still, nothing exports
-        assert [e for e in info["exporters"] if e not in ("NoneType",)] == [], info
+        # opentelemetry-distro's configurator is installed in the test env; lanes mode skips it: no SDK, no export
+        assert info["provider"] == "ProxyTracerProvider" and info["exporters"] == [], info
         assert _gray_reaches(front) == "gray"
     finally:
         front.kill()
 
 
-@pytest.mark.parametrize("propagators,expect_field,leaves", [
+@pytest.mark.parametrize("propagators,expect_field,leaves", [  # (wrapped in KeepLaneDecision, leaves unchanged)
     ("tracecontext", False, ["TraceContextTextMapPropagator"]),
     ("tracecontext,baggage,graybaggage", True, ["TraceContextTextMapPropagator", "W3CBaggagePropagator", "LanePropagator"]),
     ("tracecontext,baggage", False, ["TraceContextTextMapPropagator", "W3CBaggagePropagator"]),  # = the default,

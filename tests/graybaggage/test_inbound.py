@@ -17,7 +17,7 @@ from graybaggage.propagator import DECIDED_KEY
 
 def _inbound(allowed=None, edge=False, rules=None):
     problems: list[tuple[str, str]] = []
-    inb = Inbound("x-mse-tag", allowed, 8192, edge, None, lambda: rules, lambda p, w: problems.append((p, w)))
+    inb = Inbound("x-mse-tag", allowed, 8192, edge, None, lambda: rules, lambda p, w, *_: problems.append((p, w)))
     return inb, problems
 
 

@@ -8,8 +8,19 @@ restarted controller resumes wherever the previous one stopped. The Plan is an o
 Ordering rules that keep traffic correct:
 - canary: pin base Services to the stable pods BEFORE the gray Deployment exists; publish the member in
   the lane table only once the gray Deployment is available (the ("table",) action comes after creates);
-- promote/rollback/delete: drop the member from the lane table FIRST, then touch the base Deployment,
-  then delete gray objects, and restore base selectors only once no gray pod is left (rollback/delete).
+- promote, one step per pass, each waiting for the previous one to be observed: (a) drop the member from
+  the lane table and the entry routes, (b) wait until no entry route names a lane Service and the gateway
+  acknowledged the route's generation (where it reports one), (c) delete the gray Deployment and the lane
+  Services, (d) wait until no gray pod exists (terminating ones count), (e) unpin the base Services,
+  (f) record the new stable template and unpause the base; Promoting until the base has rolled out;
+- rollback/delete: drop the member from the lane table FIRST, put the base back on its stable template,
+  then (b) as above, delete gray objects, and restore base selectors only once no gray pod is left.
+So a base Service never selects a gray pod, and no route names a lane Service that is gone.
+
+Facts persisted in the GrayRelease's status and read back (everything else is derived from the cluster):
+`canaryRevision` + `phase == Promoting` (an approval was taken; the approve annotation may be gone),
+`currentStep` / `stepStartedAt` (approvals and timed pauses), `routes` (what this release has published in
+the lane table: non-empty means the table may still route to its lane Services).
 """
 
 from __future__ import annotations
@@ -36,6 +47,9 @@ class Observed:
     now: float                    # epoch seconds
     other_targeting: str | None = None  # another GrayRelease already targeting the same Deployment
     deployments: list[Obj] = dataclasses.field(default_factory=list)   # all Deployments in the namespace
+    #: the entry route objects of the release's lane (HTTPRoutes named by its Lane's entry or carrying our
+    #: entry-routing annotation, canary Ingresses we made): lane Services go only once none names them
+    entry_routes: list[Obj] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -110,6 +124,49 @@ def conditions(previous: list[Obj] | None, new: list[tuple[str, str, str, str]],
     return out
 
 
+def _backends(route: Mapping[str, Any]) -> set[str]:
+    """Service names an HTTPRoute (rules[].backendRefs) or an Ingress (rules' paths, defaultBackend) sends to."""
+    spec = route.get("spec") or {}
+    out = set()
+    for rule in spec.get("rules") or []:
+        for ref in rule.get("backendRefs") or []:
+            if (ref.get("kind") or "Service") == "Service" and (ref.get("group") or "") == "":
+                out.add(ref.get("name"))
+        for p in (rule.get("http") or {}).get("paths") or []:
+            out.add(((p.get("backend") or {}).get("service") or {}).get("name"))
+    out.add(((spec.get("defaultBackend") or {}).get("service") or {}).get("name"))
+    out.discard(None)
+    return out
+
+
+def acknowledged(route: Mapping[str, Any]) -> bool:
+    """Has the gateway seen the route's current generation? Gateway API: every parent's conditions that carry
+    observedGeneration have it >= metadata.generation. Not observable (no status, no parents, an Ingress):
+    True, so a gateway that reports nothing never blocks a release."""
+    gen = d.meta(route).get("generation")
+    if gen is None:
+        return True
+    for parent in (route.get("status") or {}).get("parents") or []:
+        for c in parent.get("conditions") or []:
+            seen = c.get("observedGeneration")
+            if isinstance(seen, int) and seen < gen:
+                return False
+    return True
+
+
+def entry_pending(routes: list[Obj], lane_services: set[str]) -> str | None:
+    """Why the lane Services cannot go yet (an entry route still names one, or the gateway has not seen the
+    route's last change), or None."""
+    for r in routes:
+        what = f"{r.get('kind') or 'route'} {d.meta(r).get('name')}"
+        named = sorted(_backends(r) & lane_services)
+        if named:
+            return f"{what} still routes to {', '.join(named)}"
+        if not acknowledged(r):
+            return f"waiting for the gateway to acknowledge {what} generation {d.meta(r).get('generation')}"
+    return None
+
+
 def _steps(spec: Mapping[str, Any]) -> list[Obj]:
     return list(spec.get("steps") or [{"pause": {}}])
 
@@ -141,6 +198,10 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     stale_grays = [dep for dep in obs.deployments
                    if d.labels_of(dep).get(n.OWNER_LABEL) == name and d.owned_by(dep, gr)
                    and (own_gray is None or d.meta(dep)["name"] != d.meta(own_gray)["name"])]
+    # (a)/(b) of the clean-up: the table still routes to our lane Services (published by an earlier pass; this
+    # pass drops it, the next one sees it dropped), or an entry route still does / is not acknowledged yet
+    published = bool(st.get("routes"))
+    pending_entry = entry_pending(obs.entry_routes, {d.meta(s)["name"] for s in own_lane_svcs})
 
     if obs.lane is None:
         conds.append(("LaneFound", "False", "LaneNotFound",
@@ -193,6 +254,8 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
         if leftovers and base is not None and (wait or not rolled_out(base)):
             # keep the gray pods serving until the base has rolled (promote) / settled (rollback)
             wait = True
+        elif leftovers and (published or pending_entry):
+            wait = True              # lane Services go only once no route names them
         else:
             if own_gray is not None:
                 acts.append(Action("delete", "Deployment", d.meta(own_gray)["name"]))
@@ -205,6 +268,8 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
                     patch = d.unpin_patch(s)
                     if patch:
                         acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
+        if in_progress_phase == "Promoting" and base is not None and not rolled_out(base):
+            wait = True              # Healthy once the base has rolled to the promoted template
         if deleting and base is not None and not wait:
             bl, ba = d.labels_of(base), d.annotations_of(base)
             if bl.get(n.RELEASE_LABEL) == name or n.STABLE_ANN in ba or n.PAUSED_BY_ANN in ba:
@@ -224,6 +289,8 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             message = ("promoting: waiting for the base Deployment to roll to the new template"
                        if in_progress_phase == "Promoting" else
                        "removing gray objects and restoring base Services")
+            if pending_entry and leftovers:
+                message += f" ({pending_entry})"
         else:
             phase, message = "Healthy", f"stable revision {stable}"
         if deleting:
@@ -333,17 +400,9 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             break
 
     if promoting or step >= len(steps):
-        # 1) drop the member from the lane table, 2) roll the base (unpin its Services at the same time,
-        # the gray pods run the approved version), 3) gray objects go on the next passes (cleanup()).
-        acts = pre + [Action("table")]
-        for s in pinned:
-            patch = d.unpin_patch(s)
-            if patch:
-                acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
-        acts.append(Action("patch", "Deployment", base_name, {
-            "metadata": {"annotations": {n.STABLE_ANN: current, n.PAUSED_BY_ANN: None}},
-            "spec": {"paused": False}}))
-        return Plan(acts, {}, status("Promoting", "promoting: rolling the base Deployment to the new template",
+        acts, message = _promote(pre, base_name, current, published, pending_entry, own_gray,
+                                 stale_grays, own_lane_svcs, pinned, obs.gray_pods)
+        return Plan(acts, {}, status("Promoting", "promoting: " + message,
                                      stable=stable, canary=current, step=len(steps) - 1), events, requeue=0.5)
 
     # ---- pin base Services to the stable pods, then the gray Deployment and the lane Services.
@@ -445,3 +504,31 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             requeue = max(0.5, float(left))
     return Plan(acts, routes, status(phase, message, stable=stable, canary=current, step=step, started=started,
                                      ready=ready, routes=routes), events, requeue=requeue)
+
+
+def _promote(pre: list[Action], base_name: str, current: str, published: bool, pending_entry: str | None,
+             own_gray: Obj | None, stale_grays: list[Obj], lane_svcs: list[Obj], pinned: list[Obj],
+             gray_pods: int) -> tuple[list[Action], str]:
+    """One step of the promote clean-up per pass, the first one not done yet (see the module docstring);
+    the base stays paused and its Services pinned to the stable pods until no gray pod is left."""
+    acts = pre + [Action("table")]                                                   # (a)
+    if published:
+        return acts, "lane routes dropped from the lane table"
+    if pending_entry:                                                                # (b)
+        return acts, pending_entry
+    grays = ([own_gray] if own_gray is not None else []) + stale_grays               # (c)
+    if grays or lane_svcs:
+        acts += [Action("delete", "Deployment", d.meta(g)["name"]) for g in grays]
+        acts += [Action("delete", "Service", d.meta(s)["name"]) for s in lane_svcs]
+        return acts, "deleting the gray Deployment and lane Services"
+    if gray_pods > 0:                                                                # (d)
+        return acts, f"waiting for {gray_pods} gray pod(s) to terminate (base Services stay pinned)"
+    unpins = [(d.meta(s)["name"], d.unpin_patch(s)) for s in pinned]                 # (e)
+    unpins = [(svc, patch) for svc, patch in unpins if patch]
+    if unpins:
+        acts += [Action("patch", "Service", svc, patch) for svc, patch in unpins]
+        return acts, "no gray pod left: restoring the base Services' selectors"
+    acts.append(Action("patch", "Deployment", base_name, {                          # (f)
+        "metadata": {"annotations": {n.STABLE_ANN: current, n.PAUSED_BY_ANN: None}},
+        "spec": {"paused": False}}))
+    return acts, "rolling the base Deployment to the new template"

@@ -7,8 +7,7 @@ Handlers (all level-triggered; every pass re-derives everything from the cluster
 - GrayRelease: a timer every --resync seconds, plus watch events of the GrayRelease, of its base
   Deployment (label graybaggage.io/gray-release) and of its gray Deployment (graybaggage.io/release);
   deletion goes through our own finalizer (graybaggage.io/finalizer, added by the controller before it
-  creates anything) that cleans up before letting go; the clean-up's passes are a kopf on.delete handler
-  that raises kopf.TemporaryError(delay=0.5) while it waits for state (no worker sleeps).
+  creates anything) that cleans up before letting go.
 - Lane: a timer and watch events refresh its status and the namespace's lane table; deletion (same
   finalizer) removes it from the table first.
 - Webhook: mutating, Deployments UPDATE, objectSelector graybaggage.io/gray-release (so unrelated workloads
@@ -28,6 +27,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import time
 from typing import Any
 
 import kopf
@@ -143,20 +143,18 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
             return
         if type == "DELETED":
             rec.sync_table(namespace)
+        elif meta.get("deletionTimestamp"):
+            # cleanup takes a few passes (wait for gray pods to go before unpinning); timers stop on
+            # deletion, so drive it here, bounded; a later event or a restart resumes it
+            for _attempt in range(240):
+                if not leading():
+                    return
+                plan = rec.reconcile_release(namespace, name)
+                if plan is None or plan.done:
+                    return
+                time.sleep(0.5)
         else:
             rec.reconcile_release(namespace, name)
-
-    # Deletion takes a few passes (wait for gray pods to go before unpinning), and timers stop on deletion:
-    # kopf retries this handler after `delay` without holding a worker. optional=True adds no finalizer of
-    # kopf's own for it (the timers above already make kopf hold the object until its handlers are done);
-    # our finalizer (graybaggage.io/finalizer) is what keeps the object until the clean-up is complete.
-    @kopf.on.delete(G, V, n.RELEASES, optional=True, registry=registry)
-    def _release_delete(namespace: str, name: str, **_: Any) -> None:
-        if not leading():
-            raise kopf.TemporaryError("not the leader: the leader cleans up", delay=cfg.resync)
-        plan = rec.reconcile_release(namespace, name)
-        if plan is not None and not plan.done:
-            raise kopf.TemporaryError(f"cleaning up: {plan.status.get('message')}", delay=0.5)
 
     @kopf.on.event("apps", "v1", "deployments", labels={n.RELEASE_LABEL: kopf.PRESENT}, registry=registry)
     def _base_event(type: str, namespace: str, labels: dict, **_: Any) -> None:
@@ -180,15 +178,13 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
             return
         if type == "DELETED":
             rec.sync_table(namespace)
+        elif meta.get("deletionTimestamp"):
+            for _attempt in range(60):
+                if not leading() or rec.reconcile_lane(namespace, name):
+                    return
+                time.sleep(0.5)
         else:
             rec.reconcile_lane(namespace, name)
-
-    @kopf.on.delete(G, V, n.LANES, optional=True, registry=registry)
-    def _lane_delete(namespace: str, name: str, **_: Any) -> None:
-        if not leading():
-            raise kopf.TemporaryError("not the leader: the leader cleans up", delay=cfg.resync)
-        if not rec.reconcile_lane(namespace, name):
-            raise kopf.TemporaryError("lane still being released", delay=0.5)
 
     # ---- webhook
     if cfg.webhook:

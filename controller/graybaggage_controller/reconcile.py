@@ -19,7 +19,7 @@ from . import desired as d
 from . import entry
 from . import names as n
 from .kube import JSONPATCH, MERGE, Kube, KubeError
-from .plan import Action, Observed, Plan, plan_release
+from .plan import Action, Observed, Plan, Verb, plan_release
 
 log = logging.getLogger(__name__)
 
@@ -200,23 +200,23 @@ class Reconciler:
 
     def _apply(self, ns: str, release: str, act: Action, plan: Plan) -> None:
         k = self.kube
-        if act.verb != "table":
+        if act.verb != Verb.TABLE:
             log.info("%s/%s: %s %s %s %s", ns, release, act.verb, act.kind, act.name,
-                     json.dumps(act.body)[:300] if act.verb in ("patch", "patch-release") else "")
-        if act.verb == "table":
+                     json.dumps(act.body)[:300] if act.verb in (Verb.PATCH, Verb.PATCH_RELEASE) else "")
+        if act.verb == Verb.TABLE:
             self.sync_table(ns, overrides={release: plan.routes})
             if ns in self._entry_namespaces:    # move the entry route with the table, before gray objects go
                 try:
                     self.sync_entries(ns, overrides={release: plan.routes})
                 except Exception:
                     log.exception("%s: entry routing not synced (the Lane's next pass retries)", ns)
-        elif act.verb == "create":
+        elif act.verb == Verb.CREATE:
             try:
                 k.create(act.kind, ns, act.body)
             except KubeError as e:
                 if e.status != 409:
                     raise
-        elif act.verb == "update":
+        elif act.verb == Verb.UPDATE:
             current = k.get(act.kind, ns, act.name)
             if current is None:
                 k.create(act.kind, ns, act.body)
@@ -233,17 +233,17 @@ class Reconciler:
             else:
                 body["spec"] = act.body["spec"]
             k.replace(act.kind, ns, act.name, body)
-        elif act.verb == "delete":
+        elif act.verb == Verb.DELETE:
             k.delete(act.kind, ns, act.name)
-        elif act.verb == "patch":
+        elif act.verb == Verb.PATCH:
             try:
                 k.patch(act.kind, ns, act.name, act.body, MERGE)
             except KubeError as e:
                 if e.status != 404:
                     raise
-        elif act.verb == "jsonpatch":
+        elif act.verb == Verb.JSONPATCH:
             k.patch(act.kind, ns, act.name, act.body, JSONPATCH)
-        elif act.verb == "patch-release":
+        elif act.verb == Verb.PATCH_RELEASE:
             k.patch("GrayRelease", ns, act.name, act.body, MERGE)
         else:  # pragma: no cover
             raise ValueError(act.verb)

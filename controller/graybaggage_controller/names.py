@@ -1,5 +1,7 @@
 """Names shared by the controller, its webhook and its CLI (no I/O, no globals that change)."""
 
+import enum
+
 GROUP = "graybaggage.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -42,7 +44,22 @@ TABLE_VERSION = 1
 FINALIZER = "graybaggage.io/finalizer"
 WEBHOOK_HANDLER_ID = "pause-base"
 
-PHASES = ("Healthy", "Progressing", "Paused", "Promoting", "RollingBack", "Failed")
+
+
+class Phase(str, enum.Enum):
+    """GrayRelease `status.phase`: exactly the CRD's enum (controller/deploy/crds; tests/controller/test_names.py)."""
+    HEALTHY = "Healthy"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    ROLLING_BACK = "RollingBack"
+    FAILED = "Failed"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+PHASES = tuple(p.value for p in Phase)
 
 # ---- entry routing (controller/graybaggage_controller/entry/)
 #: on a user's route object (HTTPRoute, stable Ingress): JSON record of exactly what graybaggage added,

@@ -8,14 +8,26 @@ restarted controller resumes wherever the previous one stopped. The Plan is an o
 Ordering rules that keep traffic correct:
 - canary: pin base Services to the stable pods BEFORE the gray Deployment exists; publish the member in
   the lane table only once the gray Deployment is available (the ("table",) action comes after creates);
-- promote/rollback/delete: drop the member from the lane table FIRST, then touch the base Deployment,
-  then delete gray objects, and restore base selectors only once no gray pod is left (rollback/delete).
+- promote, one step per pass, each waiting for the previous one to be observed: (a) drop the member from
+  the lane table and the entry routes, (b) wait until no entry route names a lane Service and the gateway
+  acknowledged the route's generation (where it reports one), (c) delete the gray Deployment and the lane
+  Services, (d) wait until no gray pod exists (terminating ones count), (e) unpin the base Services,
+  (f) record the new stable template and unpause the base; Promoting until the base has rolled out;
+- rollback/delete: drop the member from the lane table FIRST, put the base back on its stable template,
+  then (b) as above, delete gray objects, and restore base selectors only once no gray pod is left.
+So a base Service never selects a gray pod, and no route names a lane Service that is gone.
+
+Facts persisted in the GrayRelease's status and read back (everything else is derived from the cluster):
+`canaryRevision` + `phase == Promoting` (an approval was taken; the approve annotation may be gone),
+`currentStep` / `stepStartedAt` (approvals and timed pauses), `routes` (what this release has published in
+the lane table: non-empty means the table may still route to its lane Services).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import enum
 from typing import Any, Mapping
 
 from . import desired as d
@@ -36,11 +48,31 @@ class Observed:
     now: float                    # epoch seconds
     other_targeting: str | None = None  # another GrayRelease already targeting the same Deployment
     deployments: list[Obj] = dataclasses.field(default_factory=list)   # all Deployments in the namespace
+    #: the entry route objects of the release's lane (HTTPRoutes named by its Lane's entry or carrying our
+    #: entry-routing annotation, canary Ingresses we made): lane Services go only once none names them
+    entry_routes: list[Obj] = dataclasses.field(default_factory=list)
+
+
+class Verb(str, enum.Enum):
+    """What an Action does (reconcile.Reconciler executes them in order)."""
+    TABLE = "table"                  # sync the lane table (and entry routes) with this plan's routes
+    CREATE = "create"
+    UPDATE = "update"                # replace, keeping what others own (metadata merged)
+    DELETE = "delete"
+    PATCH = "patch"                  # JSON merge patch
+    JSONPATCH = "jsonpatch"          # JSON patch
+    PATCH_RELEASE = "patch-release"  # merge patch of the GrayRelease itself (annotations)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+Phase = n.Phase
 
 
 @dataclasses.dataclass
 class Action:
-    verb: str                     # table | create | update | delete | patch | jsonpatch | patch-release
+    verb: Verb
     kind: str = ""                # Deployment | Service | GrayRelease
     name: str = ""
     body: Any = None
@@ -110,6 +142,49 @@ def conditions(previous: list[Obj] | None, new: list[tuple[str, str, str, str]],
     return out
 
 
+def _backends(route: Mapping[str, Any]) -> set[str]:
+    """Service names an HTTPRoute (rules[].backendRefs) or an Ingress (rules' paths, defaultBackend) sends to."""
+    spec = route.get("spec") or {}
+    out = set()
+    for rule in spec.get("rules") or []:
+        for ref in rule.get("backendRefs") or []:
+            if (ref.get("kind") or "Service") == "Service" and (ref.get("group") or "") == "":
+                out.add(ref.get("name"))
+        for p in (rule.get("http") or {}).get("paths") or []:
+            out.add(((p.get("backend") or {}).get("service") or {}).get("name"))
+    out.add(((spec.get("defaultBackend") or {}).get("service") or {}).get("name"))
+    out.discard(None)
+    return out
+
+
+def acknowledged(route: Mapping[str, Any]) -> bool:
+    """Has the gateway seen the route's current generation? Gateway API: every parent's conditions that carry
+    observedGeneration have it >= metadata.generation. Not observable (no status, no parents, an Ingress):
+    True, so a gateway that reports nothing never blocks a release."""
+    gen = d.meta(route).get("generation")
+    if gen is None:
+        return True
+    for parent in (route.get("status") or {}).get("parents") or []:
+        for c in parent.get("conditions") or []:
+            seen = c.get("observedGeneration")
+            if isinstance(seen, int) and seen < gen:
+                return False
+    return True
+
+
+def entry_pending(routes: list[Obj], lane_services: set[str]) -> str | None:
+    """Why the lane Services cannot go yet (an entry route still names one, or the gateway has not seen the
+    route's last change), or None."""
+    for r in routes:
+        what = f"{r.get('kind') or 'route'} {d.meta(r).get('name')}"
+        named = sorted(_backends(r) & lane_services)
+        if named:
+            return f"{what} still routes to {', '.join(named)}"
+        if not acknowledged(r):
+            return f"waiting for the gateway to acknowledge {what} generation {d.meta(r).get('generation')}"
+    return None
+
+
 def _steps(spec: Mapping[str, Any]) -> list[Obj]:
     return list(spec.get("steps") or [{"pause": {}}])
 
@@ -141,6 +216,10 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     stale_grays = [dep for dep in obs.deployments
                    if d.labels_of(dep).get(n.OWNER_LABEL) == name and d.owned_by(dep, gr)
                    and (own_gray is None or d.meta(dep)["name"] != d.meta(own_gray)["name"])]
+    # (a)/(b) of the clean-up: the table still routes to our lane Services (published by an earlier pass; this
+    # pass drops it, the next one sees it dropped), or an entry route still does / is not acknowledged yet
+    published = bool(st.get("routes"))
+    pending_entry = entry_pending(obs.entry_routes, {d.meta(s)["name"] for s in own_lane_svcs})
 
     if obs.lane is None:
         conds.append(("LaneFound", "False", "LaneNotFound",
@@ -149,14 +228,14 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     else:
         conds.append(("LaneFound", "True", "LaneFound", f"Lane {d.meta(obs.lane)['name']}"))
 
-    def status(phase: str, message: str, *, stable: str | None, canary: str | None = None,
+    def status(phase: Phase, message: str, *, stable: str | None, canary: str | None = None,
                step: int | None = None, started: float | None = None, ready: str = "",
                routes: Mapping[str, str] | None = None) -> Obj:
         if phase != st.get("phase"):
-            etype = "Warning" if phase == "Failed" else "Normal"
-            events.append((etype, phase, message))
+            etype = "Warning" if phase == Phase.FAILED else "Normal"
+            events.append((etype, phase.value, message))
         return {
-            "phase": phase,
+            "phase": phase.value,
             "message": message,
             "observedGeneration": d.meta(gr).get("generation"),
             "stableRevision": stable,
@@ -169,63 +248,69 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             "conditions": conditions(st.get("conditions"), conds, iso(obs.now)),
         }
 
-    def cleanup(stable: str | None, restore_template: Obj | None, in_progress_phase: str) -> Plan:
+    def cleanup(stable: str | None, restore_template: Obj | None, in_progress_phase: Phase) -> Plan:
         """Drop the member, (restore the base template,) delete gray objects, unpin, unpause."""
-        acts: list[Action] = [Action("table")]
+        acts: list[Action] = [Action(Verb.TABLE)]
         wait = False
         base_paused_by_us = base is not None and bool((base.get("spec") or {}).get("paused")) and \
             n.PAUSED_BY_ANN in d.annotations_of(base)
         if base is not None and restore_template is not None:
-            acts.append(Action("jsonpatch", "Deployment", d.meta(base)["name"], [
+            acts.append(Action(Verb.JSONPATCH, "Deployment", d.meta(base)["name"], [
                 {"op": "replace", "path": "/spec/template", "value": restore_template},
                 {"op": "add", "path": "/spec/paused", "value": False},
             ]))
-            acts.append(Action("patch", "Deployment", d.meta(base)["name"],
+            acts.append(Action(Verb.PATCH, "Deployment", d.meta(base)["name"],
                                {"metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
             wait = True
         elif base_paused_by_us:
-            acts.append(Action("patch", "Deployment", d.meta(base)["name"],
+            acts.append(Action(Verb.PATCH, "Deployment", d.meta(base)["name"],
                                {"spec": {"paused": False}, "metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
             wait = True
         for dep in stale_grays:
-            acts.append(Action("delete", "Deployment", d.meta(dep)["name"]))
+            acts.append(Action(Verb.DELETE, "Deployment", d.meta(dep)["name"]))
         leftovers = own_gray is not None or bool(own_lane_svcs)
         if leftovers and base is not None and (wait or not rolled_out(base)):
             # keep the gray pods serving until the base has rolled (promote) / settled (rollback)
             wait = True
+        elif leftovers and (published or pending_entry):
+            wait = True              # lane Services go only once no route names them
         else:
             if own_gray is not None:
-                acts.append(Action("delete", "Deployment", d.meta(own_gray)["name"]))
+                acts.append(Action(Verb.DELETE, "Deployment", d.meta(own_gray)["name"]))
             for s in own_lane_svcs:
-                acts.append(Action("delete", "Service", d.meta(s)["name"]))
+                acts.append(Action(Verb.DELETE, "Service", d.meta(s)["name"]))
             if obs.gray_pods > 0 or own_gray is not None:
                 wait = True          # restore selectors only once no gray pod is left
             else:
                 for s in pinned:
                     patch = d.unpin_patch(s)
                     if patch:
-                        acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
+                        acts.append(Action(Verb.PATCH, "Service", d.meta(s)["name"], patch))
+        if in_progress_phase == Phase.PROMOTING and base is not None and not rolled_out(base):
+            wait = True              # Healthy once the base has rolled to the promoted template
         if deleting and base is not None and not wait:
             bl, ba = d.labels_of(base), d.annotations_of(base)
             if bl.get(n.RELEASE_LABEL) == name or n.STABLE_ANN in ba or n.PAUSED_BY_ANN in ba:
-                acts.append(Action("patch", "Deployment", d.meta(base)["name"], {"metadata": {
+                acts.append(Action(Verb.PATCH, "Deployment", d.meta(base)["name"], {"metadata": {
                     "labels": {n.RELEASE_LABEL: None},
                     "annotations": {n.STABLE_ANN: None, n.PAUSED_BY_ANN: None}}}))
         ann = d.annotations_of(gr)
         if not deleting and (n.APPROVE_ANN in ann or n.ROLLBACK_ANN in ann) and not wait:
-            acts.append(Action("patch-release", "GrayRelease", name,
+            acts.append(Action(Verb.PATCH_RELEASE, "GrayRelease", name,
                                {"metadata": {"annotations": {n.APPROVE_ANN: None, n.ROLLBACK_ANN: None}}}))
-        busy = wait or any(a.verb not in ("table", "patch-release") for a in acts)
+        busy = wait or any(a.verb not in (Verb.TABLE, Verb.PATCH_RELEASE) for a in acts)
         if base is None:
-            phase, message = "Failed", (f"Deployment {workload!r} not found (workloadRef apps/v1 Deployment); "
+            phase, message = Phase.FAILED, (f"Deployment {workload!r} not found (workloadRef apps/v1 Deployment); "
                                         f"waiting for it to exist")
         elif busy:
             phase = in_progress_phase
             message = ("promoting: waiting for the base Deployment to roll to the new template"
-                       if in_progress_phase == "Promoting" else
+                       if in_progress_phase == Phase.PROMOTING else
                        "removing gray objects and restoring base Services")
+            if pending_entry and leftovers:
+                message += f" ({pending_entry})"
         else:
-            phase, message = "Healthy", f"stable revision {stable}"
+            phase, message = Phase.HEALTHY, f"stable revision {stable}"
         if deleting:
             message = "deleting: " + ("cleaning up" if busy else "done")
         return Plan(acts, {}, status(phase, message, stable=stable), events, done=not busy,
@@ -235,15 +320,15 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     if base is None:
         conds.append(("WorkloadFound", "False", "DeploymentNotFound",
                       f"Deployment {workload!r} not found in namespace {d.meta(gr).get('namespace')!r}"))
-        return cleanup(st.get("stableRevision"), None, "Failed")
+        return cleanup(st.get("stableRevision"), None, Phase.FAILED)
     conds.append(("WorkloadFound", "True", "DeploymentFound", f"Deployment {workload}"))
 
     if obs.other_targeting:
         # Another release owns this Deployment: never touch it, not even while this one is deleted.
         conds.append(("Ready", "False", "AlreadyTargeted",
                       f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}"))
-        return Plan([Action("table")], {}, status(
-            "Failed", f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}",
+        return Plan([Action(Verb.TABLE)], {}, status(
+            Phase.FAILED, f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}",
             stable=None), events, done=deleting)
 
     base_name = d.meta(base)["name"]
@@ -258,7 +343,7 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
         restore = None
         if stable and current != stable and stable_rs is not None:
             restore = d.replicaset_template(stable_rs)
-        return cleanup(stable, restore, "RollingBack")
+        return cleanup(stable, restore, Phase.ROLLING_BACK)
 
     # ---- make the Deployment a target (label for the webhook) and record the stable template.
     ensure: Obj = {}
@@ -267,10 +352,10 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     if not stable:
         stable = current
         ensure.setdefault("metadata", {})["annotations"] = {n.STABLE_ANN: current}
-    pre = [Action("patch", "Deployment", base_name, ensure)] if ensure else []
+    pre = [Action(Verb.PATCH, "Deployment", base_name, ensure)] if ensure else []
 
     if current == stable:
-        phase = "Promoting" if st.get("phase") == "Promoting" else "RollingBack"
+        phase = Phase.PROMOTING if st.get("phase") == Phase.PROMOTING else Phase.ROLLING_BACK
         plan = cleanup(stable, None, phase)
         plan.actions = pre + plan.actions
         return plan
@@ -281,17 +366,17 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
         if stable_rs is None:
             conds.append(("Ready", "False", "StableRevisionMissing",
                           f"no ReplicaSet of {base_name} has the stable template {stable}"))
-            return Plan(pre + [Action("table")], {}, status(
-                "Failed", f"cannot roll back: stable ReplicaSet for revision {stable} not found",
+            return Plan(pre + [Action(Verb.TABLE)], {}, status(
+                Phase.FAILED, f"cannot roll back: stable ReplicaSet for revision {stable} not found",
                 stable=stable, canary=current), events)
-        plan = cleanup(stable, d.replicaset_template(stable_rs), "RollingBack")
+        plan = cleanup(stable, d.replicaset_template(stable_rs), Phase.ROLLING_BACK)
         plan.actions = pre + plan.actions
         plan.status["canaryRevision"] = current
         return plan
 
     if not bspec.get("paused"):
         # the webhook was down / bypassed: stop the base rolling now, and say so
-        pre.append(Action("patch", "Deployment", base_name,
+        pre.append(Action(Verb.PATCH, "Deployment", base_name,
                           {"spec": {"paused": True}, "metadata": {"annotations": {n.PAUSED_BY_ANN: "controller"}}}))
         events.append(("Warning", "WebhookBypassed",
                        f"Deployment {base_name} changed its template without being paused; paused it now"))
@@ -299,8 +384,8 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     if stable_rs is None:
         conds.append(("Ready", "False", "StableRevisionMissing",
                       f"no ReplicaSet of {base_name} has the stable template {stable}"))
-        return Plan(pre + [Action("table")], {}, status(
-            "Failed", f"stable ReplicaSet for revision {stable} not found", stable=stable, canary=current),
+        return Plan(pre + [Action(Verb.TABLE)], {}, status(
+            Phase.FAILED, f"stable ReplicaSet for revision {stable} not found", stable=stable, canary=current),
             events, requeue=1.0)
     stable_pth = d.labels_of(stable_rs).get(n.POD_TEMPLATE_HASH) or \
         ((stable_rs.get("spec") or {}).get("selector") or {}).get("matchLabels", {}).get(n.POD_TEMPLATE_HASH)
@@ -318,7 +403,7 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     same = st.get("canaryRevision") == current
     step = st.get("currentStep") if same and isinstance(st.get("currentStep"), int) else 0
     started = parse_iso(st.get("stepStartedAt")) if same else None
-    promoting = same and st.get("phase") == "Promoting"
+    promoting = same and st.get("phase") == Phase.PROMOTING
     if not promoting and step < len(steps) and ann.get(n.APPROVE_ANN) == f"{current}/{step}":
         step, started = step + 1, obs.now
         events.append(("Normal", "Approved", f"step {step}/{len(steps)} approved"))
@@ -333,17 +418,9 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             break
 
     if promoting or step >= len(steps):
-        # 1) drop the member from the lane table, 2) roll the base (unpin its Services at the same time,
-        # the gray pods run the approved version), 3) gray objects go on the next passes (cleanup()).
-        acts = pre + [Action("table")]
-        for s in pinned:
-            patch = d.unpin_patch(s)
-            if patch:
-                acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
-        acts.append(Action("patch", "Deployment", base_name, {
-            "metadata": {"annotations": {n.STABLE_ANN: current, n.PAUSED_BY_ANN: None}},
-            "spec": {"paused": False}}))
-        return Plan(acts, {}, status("Promoting", "promoting: rolling the base Deployment to the new template",
+        acts, message = _promote(pre, base_name, current, published, pending_entry, own_gray,
+                                 stale_grays, own_lane_svcs, pinned, obs.gray_pods)
+        return Plan(acts, {}, status(Phase.PROMOTING, "promoting: " + message,
                                      stable=stable, canary=current, step=len(steps) - 1), events, requeue=0.5)
 
     # ---- pin base Services to the stable pods, then the gray Deployment and the lane Services.
@@ -363,12 +440,12 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             continue
         patch = d.pin_patch(s, stable_pth, name) if stable_pth else None
         if patch:
-            acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
+            acts.append(Action(Verb.PATCH, "Service", d.meta(s)["name"], patch))
     for s in pinned:
         if all(d.meta(s)["name"] != d.meta(x)["name"] for x in services):
             patch = d.unpin_patch(s)
             if patch:
-                acts.append(Action("patch", "Service", d.meta(s)["name"], patch))
+                acts.append(Action(Verb.PATCH, "Service", d.meta(s)["name"], patch))
 
     replicas = int((steps[step] or {}).get("replicas") or spec.get("replicas") or 1)
     want = d.gray_deployment(base, gr, obs.lane, tag, replicas)
@@ -377,17 +454,17 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
         conds.append(("CanaryAvailable", "False", "NameConflict",
                       f"Deployment {want['metadata']['name']} exists and is not owned by this GrayRelease"))
     elif own_gray is None:
-        acts.append(Action("create", "Deployment", want["metadata"]["name"], want))
+        acts.append(Action(Verb.CREATE, "Deployment", want["metadata"]["name"], want))
     elif d.annotations_of(own_gray).get(n.SPEC_HASH_ANN) != want["metadata"]["annotations"][n.SPEC_HASH_ANN]:
         if ((own_gray.get("spec") or {}).get("selector") or {}) != want["spec"]["selector"]:
-            acts.append(Action("delete", "Deployment", want["metadata"]["name"]))
+            acts.append(Action(Verb.DELETE, "Deployment", want["metadata"]["name"]))
         else:
-            acts.append(Action("update", "Deployment", want["metadata"]["name"], want))
+            acts.append(Action(Verb.UPDATE, "Deployment", want["metadata"]["name"], want))
     else:
         gray_current = True
 
     for dep in stale_grays:
-        acts.append(Action("delete", "Deployment", d.meta(dep)["name"]))
+        acts.append(Action(Verb.DELETE, "Deployment", d.meta(dep)["name"]))
 
     lane_targets: dict[str, str] = {}
     wanted_svc_names = set()
@@ -397,17 +474,17 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
         wanted_svc_names.add(lname)
         obs_ls = svc_by_name.get(lname)
         if obs_ls is None:
-            acts.append(Action("create", "Service", lname, ls))
+            acts.append(Action(Verb.CREATE, "Service", lname, ls))
         elif not d.owned_by(obs_ls, gr):
             conds.append(("LaneServices", "False", "NameConflict",
                           f"Service {lname} exists and is not owned by this GrayRelease"))
             continue
         elif d.service_differs(obs_ls, ls):
-            acts.append(Action("update", "Service", lname, ls))
+            acts.append(Action(Verb.UPDATE, "Service", lname, ls))
         lane_targets[d.meta(s)["name"]] = lname
     for s in own_lane_svcs:
         if d.meta(s)["name"] not in wanted_svc_names:
-            acts.append(Action("delete", "Service", d.meta(s)["name"]))
+            acts.append(Action(Verb.DELETE, "Service", d.meta(s)["name"]))
 
     gst = (own_gray or {}).get("status") or {}
     avail_n = int(gst.get("availableReplicas") or 0)
@@ -415,7 +492,7 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     kept = own_gray is not None and same and bool(st.get("routes")) and avail_n >= 1
     routed = bool(lane_targets) and (fully or kept)
     routes = lane_targets if routed else {}
-    acts.append(Action("table"))
+    acts.append(Action(Verb.TABLE))
     if own_gray is not None:
         conds.append(("CanaryAvailable", "True" if fully else "False",
                       "Available" if fully else "Progressing", f"{avail_n}/{replicas} gray replicas available"))
@@ -429,13 +506,13 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     if (fully or kept) and started is None:
         started = obs.now
     if gray_conflict:
-        phase, message = "Failed", f"Deployment {want['metadata']['name']} exists and is not ours"
+        phase, message = Phase.FAILED, f"Deployment {want['metadata']['name']} exists and is not ours"
     elif not (fully or kept):
-        phase, message = "Progressing", f"waiting for gray Deployment {want['metadata']['name']} ({ready} available)"
+        phase, message = Phase.PROGRESSING, f"waiting for gray Deployment {want['metadata']['name']} ({ready} available)"
         started = None
     else:
         duration = ((steps[step] or {}).get("pause") or {}).get("duration")
-        phase = "Paused"
+        phase = Phase.PAUSED
         if duration is None:
             message = (f"step {step + 1}/{len(steps)}: waiting for approval "
                        f"(kubectl-graybaggage approve {name})")
@@ -445,3 +522,31 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             requeue = max(0.5, float(left))
     return Plan(acts, routes, status(phase, message, stable=stable, canary=current, step=step, started=started,
                                      ready=ready, routes=routes), events, requeue=requeue)
+
+
+def _promote(pre: list[Action], base_name: str, current: str, published: bool, pending_entry: str | None,
+             own_gray: Obj | None, stale_grays: list[Obj], lane_svcs: list[Obj], pinned: list[Obj],
+             gray_pods: int) -> tuple[list[Action], str]:
+    """One step of the promote clean-up per pass, the first one not done yet (see the module docstring);
+    the base stays paused and its Services pinned to the stable pods until no gray pod is left."""
+    acts = pre + [Action(Verb.TABLE)]                                                               # (a)
+    if published:
+        return acts, "lane routes dropped from the lane table"
+    if pending_entry:                                                                               # (b)
+        return acts, pending_entry
+    grays = ([own_gray] if own_gray is not None else []) + stale_grays                              # (c)
+    if grays or lane_svcs:
+        acts += [Action(Verb.DELETE, "Deployment", d.meta(g)["name"]) for g in grays]
+        acts += [Action(Verb.DELETE, "Service", d.meta(s)["name"]) for s in lane_svcs]
+        return acts, "deleting the gray Deployment and lane Services"
+    if gray_pods > 0:                                                                               # (d)
+        return acts, f"waiting for {gray_pods} gray pod(s) to terminate (base Services stay pinned)"
+    unpins = [(d.meta(s)["name"], d.unpin_patch(s)) for s in pinned]                                # (e)
+    unpins = [(svc, patch) for svc, patch in unpins if patch]
+    if unpins:
+        acts += [Action(Verb.PATCH, "Service", svc, patch) for svc, patch in unpins]
+        return acts, "no gray pod left: restoring the base Services' selectors"
+    acts.append(Action(Verb.PATCH, "Deployment", base_name, {                                       # (f)
+        "metadata": {"annotations": {n.STABLE_ANN: current, n.PAUSED_BY_ANN: None}},
+        "spec": {"paused": False}}))
+    return acts, "rolling the base Deployment to the new template"

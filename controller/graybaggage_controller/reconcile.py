@@ -19,7 +19,7 @@ from . import desired as d
 from . import entry
 from . import names as n
 from .kube import JSONPATCH, MERGE, Kube, KubeError
-from .plan import Action, Observed, Plan, plan_release
+from .plan import Action, Observed, Plan, Verb, plan_release
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,39 @@ class Reconciler:
             gsel = ((gray.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
             gray_pods = len(self.kube.list("Pod", ns, ",".join(f"{k}={v}" for k, v in gsel.items())))
         services = self.kube.list("Service", ns)
-        lanes = [x for x in self.kube.list("Lane", ns)
+        all_lanes = self.kube.list("Lane", ns)
+        lanes = [x for x in all_lanes
                  if (x.get("spec") or {}).get("tag") == tag and not d.meta(x).get("deletionTimestamp")]
         lanes.sort(key=lambda o: (d.meta(o).get("creationTimestamp") or "", d.meta(o)["name"]))
+        entry_routes: list[dict] = []
+        if any(_has_entry(x) for x in all_lanes):
+            self._entry_namespaces.add(ns)      # the table action moves the entry routes too, from the first pass
+            entry_routes = self._entry_routes(ns, tag, all_lanes)
         return Observed(release=gr, base=base, replicasets=replicasets, gray=gray, gray_pods=gray_pods,
                         services=services, lane=lanes[0] if lanes else None, now=self.clock(),
-                        other_targeting=other, deployments=deployments)
+                        other_targeting=other, deployments=deployments, entry_routes=entry_routes)
+
+    def _entry_routes(self, ns: str, tag: str, lanes: list[dict]) -> list[dict]:
+        """The entry route objects that may send the lane's traffic to its lane Services: HTTPRoutes named by
+        a Lane entry of this tag or carrying our entry-routing record, and the canary Ingresses we made.
+        An API that is not served (404) or not allowed (403) has none."""
+        named = {entry.base.route_of((x.get("spec") or {}).get("entry") or {})[1] for x in lanes
+                 if (x.get("spec") or {}).get("tag") == tag}
+        out = []
+        for kind, selector in (("HTTPRoute", None), ("Ingress", n.ENTRY_OF_LABEL)):
+            try:
+                items = entry.base.list_(self.kube, kind, ns, selector) or []
+            except KubeError as e:
+                if e.status == 403:
+                    continue
+                raise
+            for r in items:
+                if kind == "HTTPRoute" and d.meta(r).get("name") not in named and \
+                        n.ENTRY_ROUTING_ANN not in d.annotations_of(r):
+                    continue
+                r.setdefault("kind", kind)
+                out.append(r)
+        return out
 
     def reconcile_release(self, namespace: str, name: str) -> Plan | None:
         """One idempotent pass for a GrayRelease. Returns the plan (None if the object is gone)."""
@@ -173,23 +200,23 @@ class Reconciler:
 
     def _apply(self, ns: str, release: str, act: Action, plan: Plan) -> None:
         k = self.kube
-        if act.verb != "table":
+        if act.verb != Verb.TABLE:
             log.info("%s/%s: %s %s %s %s", ns, release, act.verb, act.kind, act.name,
-                     json.dumps(act.body)[:300] if act.verb in ("patch", "patch-release") else "")
-        if act.verb == "table":
+                     json.dumps(act.body)[:300] if act.verb in (Verb.PATCH, Verb.PATCH_RELEASE) else "")
+        if act.verb == Verb.TABLE:
             self.sync_table(ns, overrides={release: plan.routes})
             if ns in self._entry_namespaces:    # move the entry route with the table, before gray objects go
                 try:
                     self.sync_entries(ns, overrides={release: plan.routes})
                 except Exception:
                     log.exception("%s: entry routing not synced (the Lane's next pass retries)", ns)
-        elif act.verb == "create":
+        elif act.verb == Verb.CREATE:
             try:
                 k.create(act.kind, ns, act.body)
             except KubeError as e:
                 if e.status != 409:
                     raise
-        elif act.verb == "update":
+        elif act.verb == Verb.UPDATE:
             current = k.get(act.kind, ns, act.name)
             if current is None:
                 k.create(act.kind, ns, act.body)
@@ -206,17 +233,17 @@ class Reconciler:
             else:
                 body["spec"] = act.body["spec"]
             k.replace(act.kind, ns, act.name, body)
-        elif act.verb == "delete":
+        elif act.verb == Verb.DELETE:
             k.delete(act.kind, ns, act.name)
-        elif act.verb == "patch":
+        elif act.verb == Verb.PATCH:
             try:
                 k.patch(act.kind, ns, act.name, act.body, MERGE)
             except KubeError as e:
                 if e.status != 404:
                     raise
-        elif act.verb == "jsonpatch":
+        elif act.verb == Verb.JSONPATCH:
             k.patch(act.kind, ns, act.name, act.body, JSONPATCH)
-        elif act.verb == "patch-release":
+        elif act.verb == Verb.PATCH_RELEASE:
             k.patch("GrayRelease", ns, act.name, act.body, MERGE)
         else:  # pragma: no cover
             raise ValueError(act.verb)

@@ -584,8 +584,9 @@ def test_release_under_load_loses_and_misroutes_nothing(gb_seed_flow):
                      f"requests served after SIGTERM, per pod: {t['served_after_sigterm']}\n"
                      f"marks (s from load start): {t['marks']}\n")
     assert t["failed"] == []
-    # base requests never reach a gray pod (approve is the known exception: see the xfail test below)
-    assert [x for x in t["base_touched_gray"] if x["phase"] != "perturb:approve a"] == []
+    # base requests never reach a gray pod, approve included (promote keeps the base pinned until no gray pod
+    # is left, issue 15)
+    assert t["base_touched_gray"] == []
     assert t["gray_misroutes"] == []
     assert t["steady_checked"] >= 7 * seed_traffic.SeedTraffic.HOLD, t["steady_checked"]
     windows = [label for _, label in t["marks"] if label.startswith("steady:")]
@@ -593,14 +594,8 @@ def test_release_under_load_loses_and_misroutes_nothing(gb_seed_flow):
     assert all(ph["requests"] > 0 for label, ph in t["phases"].items() if label.startswith("steady:"))
 
 
-APPROVE_UNPINS_EARLY = ("approve unpins the base Services and rolls the base while the gray pods still run, "
-                        "so base traffic reaches them until they are deleted (found by the data plane, issue 13; "
-                        "the promote order is fixed with the controller core, issue 15)")
-
-
 @pytest.mark.k8s
 @pytest.mark.k8s_local_webhook
-@pytest.mark.xfail(strict=True, reason=APPROVE_UNPINS_EARLY)
 def test_release_under_load_base_requests_never_touch_a_gray_pod(gb_seed_flow):
     _needs_data_plane(gb_seed_flow)
     t = gb_seed_flow["traffic"]
@@ -609,7 +604,6 @@ def test_release_under_load_base_requests_never_touch_a_gray_pod(gb_seed_flow):
 
 @pytest.mark.k8s
 @pytest.mark.k8s_local_webhook
-@pytest.mark.xfail(strict=True, reason=APPROVE_UNPINS_EARLY)
 def test_base_endpoints_never_list_a_gray_pod(gb_seed_flow):
     _needs_data_plane(gb_seed_flow)
     t = gb_seed_flow["traffic"]

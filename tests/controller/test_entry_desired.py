@@ -86,6 +86,38 @@ def test_program_then_strip_gives_back_the_users_route(user, entries):
                 assert len(names) == len(set(names)), m
 
 
+def _removes(filters):
+    return [h for f in filters or [] if f["type"] == RHM for h in f["requestHeaderModifier"].get("remove") or []]
+
+
+@pytest.mark.parametrize("user_filters, want", [
+    (None, ["x-mse-tag", "baggage"]),
+    ([{"type": RHM, "requestHeaderModifier": {"remove": ["x-mse-tag"]}}], ["x-mse-tag", "baggage"]),
+    ([{"type": RHM, "requestHeaderModifier": {"remove": ["x-mse-tag", "baggage"]}}], ["x-mse-tag", "baggage"]),
+    ([{"type": RHM, "requestHeaderModifier": {"remove": ["Baggage"]}}], ["Baggage", "x-mse-tag"]),
+], ids=["none", "header-only (the old example)", "both (examples/k8s/gateway)", "baggage-other-case"])
+def test_stable_rules_remove_the_lane_header_and_baggage(user_filters, want):
+    """A W3C baggage member x-mse-tag=gray from outside is a lane tag to the services: the stable rules drop
+    the baggage header with the lane header (found on the real data plane, issue 13)."""
+    user = route(rule("/", "a", **({"filters": user_filters} if user_filters is not None else {})))
+    for entries in ([lane("gray", matches=[SEED])], [lane("gray", weight=30)]):
+        its = intents_for(entries)
+        out, _ = g.program(g.strip(user), its, {"gray": True})
+        stable = [r for r in out["spec"]["rules"] if not r.get("name")]
+        assert _removes(stable[0].get("filters")) == want
+        assert g.strip(out) == user
+        if not its[0].matches:      # weighted: the base backend of the lane rule removes both too
+            base_ref = out["spec"]["rules"][0]["backendRefs"][0]
+            assert _removes(base_ref["filters"]) == ["x-mse-tag", "baggage"]
+
+
+def test_intent_remove_names():
+    it = intents_for([lane("gray", matches=[SEED])])[0]
+    assert it.remove_names == ["x-mse-tag", "baggage"]
+    it = intents_for([lane("gray", matches=[SEED], requestHeaderModifier={"set": [{"name": "Baggage", "value": "x"}]})])[0]
+    assert it.remove_names == ["Baggage"]
+
+
 def test_seed_lane_rule_and_no_gray_member_goes_to_base_with_the_header():
     its = intents_for([lane("gray", matches=[{"cookie": {"name": "uid", "value": "7"}}])], routes={"gray": {"c": "c-gray"}})
     out, _ = g.program(route(rule("/", "a")), its, {})

@@ -89,7 +89,7 @@ def test_seed_rule_programs_httproute_and_every_exit_restores_it(k8s_cluster, gb
         "filters": [set_tag],
         "backendRefs": [backend("spring-cloud-a-gray")]}
     # the stable rule: only a remove filter added
-    assert rules[1] == {**o_rules[0], "filters": [{"type": RHM, "requestHeaderModifier": {"remove": ["x-mse-tag"]}}]}
+    assert rules[1] == {**o_rules[0], "filters": [{"type": RHM, "requestHeaderModifier": {"remove": ["x-mse-tag", "baggage"]}}]}
     # the unrelated rule: unchanged
     assert rules[2] == o_rules[1]
     # a stable rule with its own modifier: the lane rule merges the set, the stable one gains remove
@@ -101,7 +101,7 @@ def test_seed_rule_programs_httproute_and_every_exit_restores_it(k8s_cluster, gb
                                                                     {"name": "x-mse-tag", "value": "gray"}]}}],
         "backendRefs": [backend("spring-cloud-a-gray")]}
     assert rules[4] == {**o_rules[2], "filters": [{"type": RHM, "requestHeaderModifier": {
-        "set": [{"name": "x-api", "value": "1"}], "remove": ["x-mse-tag"]}}]}
+        "set": [{"name": "x-api", "value": "1"}], "remove": ["x-mse-tag", "baggage"]}}]}
     rec = json.loads(route["metadata"]["annotations"][n.ENTRY_ROUTING_ANN])
     assert rec["rules"] == ["graybaggage-gray-0", "graybaggage-gray-2"]
     st = kit.kube.get("Lane", kit.ns, "gray")["status"]
@@ -180,10 +180,10 @@ def test_weight_uses_backend_filters_only_where_the_gateway_class_supports_them(
         "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
         "backendRefs": [
             {**backend("spring-cloud-a"), "weight": 70,
-             "filters": [{"type": RHM, "requestHeaderModifier": {"remove": ["x-mse-tag"]}}]},
+             "filters": [{"type": RHM, "requestHeaderModifier": {"remove": ["x-mse-tag", "baggage"]}}]},
             {**backend("spring-cloud-a-gray"), "weight": 30,
              "filters": [{"type": RHM, "requestHeaderModifier": {"set": [{"name": "x-mse-tag", "value": "gray"}]}}]}]}
-    assert route["spec"]["rules"][1]["filters"] == [{"type": RHM, "requestHeaderModifier": {"remove": ["x-mse-tag"]}}]
+    assert route["spec"]["rules"][1]["filters"] == [{"type": RHM, "requestHeaderModifier": {"remove": ["x-mse-tag", "baggage"]}}]
 
     # without the feature: a clear condition, the route untouched
     c = kit.wait_condition("blue", "False", "BackendHeaderModificationUnsupported", timeout=60)
@@ -196,7 +196,7 @@ def test_weight_uses_backend_filters_only_where_the_gateway_class_supports_them(
     kit.wait_condition("blue", "True", "Programmed", timeout=30)
     lane_rule = kit.get("HTTPRoute", "route-without")["spec"]["rules"][0]
     assert [(b["name"], b["weight"], b["filters"][0]["requestHeaderModifier"]) for b in lane_rule["backendRefs"]] == [
-        ("spring-cloud-a", 70, {"remove": ["x-mse-tag"]}),
+        ("spring-cloud-a", 70, {"remove": ["x-mse-tag", "baggage"]}),
         ("spring-cloud-a", 30, {"set": [{"name": "x-mse-tag", "value": "blue"}]})]
 
     # both lanes end: both routes are the user's again

@@ -74,7 +74,7 @@ def test_higress_canary_ingress_carries_exactly_the_notes_annotations(k8s_cluste
     assert canary["spec"] == {"ingressClassName": "higress", "rules": canary_rules()}
     stable = kit.get("Ingress", "spring-cloud-a")
     ann = stable["metadata"]["annotations"]
-    assert ann["higress.io/request-header-control-remove"] == "x-forwarded-user,x-mse-tag"
+    assert ann["higress.io/request-header-control-remove"] == "x-forwarded-user,x-mse-tag,baggage"
     assert {k for k in ann if k.startswith(("higress.io/", "nginx.ingress"))} == {
         "higress.io/request-header-control-remove"}
     assert stable["spec"] == original["spec"]

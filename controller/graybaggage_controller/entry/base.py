@@ -31,6 +31,8 @@ HTTPROUTE = "httpRoute"
 INGRESS = "ingress"
 CLASS_TYPES = ("higress", "nginx")
 MATCH_TYPES = ("Exact", "RegularExpression", "Prefix")
+#: the W3C baggage header: removed from outside traffic with the lane header (it can carry the lane tag)
+BAGGAGE = "baggage"
 
 GW_GROUP = "gateway.networking.k8s.io"
 PATHS = {
@@ -60,6 +62,15 @@ class Intent:
     @property
     def set_names(self) -> list[str]:
         return [h["name"] for h in self.set_headers]
+
+    @property
+    def remove_names(self) -> list[str]:
+        """Headers removed from requests that do not enter the lane: the headers the lane sets, and `baggage`
+        (a W3C baggage member `<header>=<tag>` is a lane tag to the services too)."""
+        out = list(self.set_names)
+        if BAGGAGE not in {h.lower() for h in out}:
+            out.append(BAGGAGE)
+        return out
 
 
 @dataclasses.dataclass

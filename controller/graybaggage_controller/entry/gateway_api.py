@@ -2,14 +2,14 @@
 
 For a lane with an active entry, on the user's HTTPRoute:
 - every "stable" rule (a rule with a backendRef to the entry Service) gets a RequestHeaderModifier
-  `remove: [<lane header>]` (merged into the rule's own RequestHeaderModifier if it has one), so nobody
-  outside can step into a lane;
+  `remove: [<lane header>, baggage]` (merged into the rule's own RequestHeaderModifier if it has one), so
+  nobody outside can step into a lane (a W3C baggage member `<header>=<tag>` is a lane tag too);
 - right before each stable rule, a lane rule named `graybaggage-<tag>-<i>`:
   - with matches: the stable rule's matches AND each entry match (headers as given, queryParams, a cookie
     as a RegularExpression on `Cookie`), the stable rule's filters plus RequestHeaderModifier `set`
     (default `<header>: <tag>`), backendRef `<svc>-<tag>` (or the base Service while the entry service
     has no gray instance: the request still carries the lane for later hops);
-  - with only a weight: the stable rule's matches, two weighted backendRefs (base: `remove` the header;
+  - with only a weight: the stable rule's matches, two weighted backendRefs (base: `remove` the header and baggage;
     lane: `set` it). Per-backend filters are the Extended feature HTTPRouteBackendRequestHeaderModification:
     it is used only when every parent Gateway's GatewayClass lists it in `status.supportedFeatures`;
     otherwise the route is left alone and the Lane says why (condition EntryRouted=False).
@@ -224,7 +224,7 @@ def lane_rule(stable: Mapping[str, Any], index: int, it: Intent, namespace: str 
         base_ref = copy.deepcopy(ref)
         base_ref["weight"] = 100 - w
         base_ref["filters"] = _without_names(base_ref.get("filters") or [], names) + \
-            [_remove_filter(it.set_names)]
+            [_remove_filter(it.remove_names)]
         lane_ref = copy.deepcopy(ref)
         lane_ref.pop("namespace", None)
         lane_ref["name"] = it.backend
@@ -274,7 +274,7 @@ def program(clean: Mapping[str, Any], intents: Iterable[Intent],
         for i in stable:
             inserts.setdefault(i, []).append(lane_rule(rules[i], i, it, ns))
             want = removes.setdefault(i, [])
-            want += [h for h in it.set_names if h.lower() not in {x.lower() for x in want}]
+            want += [h for h in it.remove_names if h.lower() not in {x.lower() for x in want}]
             added_names.append(rule_name(it.tag, i))
         ref = it.backend
         how = ", ".join(h["name"] + ": " + h["value"] for h in it.set_headers) + " set"
@@ -283,7 +283,7 @@ def program(clean: Mapping[str, Any], intents: Iterable[Intent],
             n.ENTRY_ROUTED, True, "Programmed",
             f"HTTPRoute {name}: {what} go to {ref} with {how} "
             f"(rules {', '.join(rule_name(it.tag, i) for i in stable)}); "
-            f"{', '.join(it.set_names)} removed on the stable rules")],
+            f"{', '.join(it.remove_names)} removed on the stable rules")],
             {"route": f"HTTPRoute/{name}", "backend": ref, "rules": [rule_name(it.tag, i) for i in stable]})
     total_rules = len(rules) + sum(len(v) for v in inserts.values())
     total_matches = sum(len(r.get("matches") or [1]) for r in rules) + \

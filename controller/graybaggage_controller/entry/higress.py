@@ -5,7 +5,8 @@
   or `higress.io/canary-by-cookie`) or `higress.io/canary-weight`, and
   `higress.io/request-header-control-update: <header> <tag>` (one `Name Value` per line), which Higress
   applies to the canary destination, weight included;
-- `higress.io/request-header-control-remove: <header>` on the user's (stable) Ingress, appended to the
+- `higress.io/request-header-control-remove: <header>,baggage` on the user's (stable) Ingress (a W3C baggage
+  member `<header>=<tag>` is a lane tag too), appended to the
   comma list if it already has one; the replaced value is recorded and put back on clean-up.
 
 Traps (from the team note on entry gateways): Higress reads header control ONLY under `higress.io/`

@@ -211,7 +211,7 @@ class IngressProvider(base.Provider):
             canaries[cname] = canary
             if self.remove_key:
                 want = strip_names.setdefault(it.route, [])
-                want += [h for h in it.set_names if h.lower() not in {x.lower() for x in want}]
+                want += [h for h in it.remove_names if h.lower() not in {x.lower() for x in want}]
             outcomes[it.tag] = Outcome(True, self.programmed(it, it.route, cname),
                                        {"route": f"Ingress/{it.route}", "canary": f"Ingress/{cname}",
                                         "backend": it.backend})

@@ -208,6 +208,9 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
         self._key = self._lane._key
         self._parsed: dict[str, tuple[tuple[str, object], ...]] = {}
         self._formatted: dict[tuple[tuple[str, object], ...], str | None] = {}
+        # OpenTelemetry's (private) header limit, read once; its documented W3C value if it ever moves
+        limit = getattr(W3CBaggagePropagator, "_MAX_HEADER_LENGTH", None)
+        self._max_header = limit if isinstance(limit, int) else 8192
 
     # -- extract ----------------------------------------------------------------------------------
     def _entries(self, header: str) -> tuple[tuple[str, object], ...]:
@@ -231,7 +234,7 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
             return context
         if not isinstance(header, str):
             header = None
-        elif len(header) > _MEMO_VALUE_MAX and len(header.encode()) > self._MAX_HEADER_LENGTH:
+        elif len(header) > _MEMO_VALUE_MAX and len(header.encode()) > self._max_header:
             # OpenTelemetry ignores such a header too, but warns on every request, quoting all of it: one
             # line per process instead, without the attacker's bytes.
             log_problem(BAGGAGE_OVERSIZED, "baggage")

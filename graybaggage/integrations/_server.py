@@ -81,6 +81,22 @@ def handle_wsgi(environ: dict, call: Callable[[], Any]) -> Any:
     return _LaneBody(body, token)
 
 
+def after_call(instance: Any, attr: str, wrap_app: Callable[[Any], Any], library: str) -> None:
+    """``instance.attr = wrap_app(instance.attr)`` after the server's own call returned; if the attribute
+    moved, one log line and the server runs its application without lanes (never an exception)."""
+    try:
+        setattr(instance, attr, wrap_app(getattr(instance, attr)))
+    except Exception as exc:  # noqa: BLE001 - the server already loaded its app: never fail it
+        import logging
+
+        from graybaggage._log import log_once
+
+        log_once(logging.getLogger(__name__), f"after-call:{library}:{attr}",
+                 "graybaggage: %s has no usable %s.%s (%s: %s; the library's internals moved): its application is "
+                 "served without lanes (outbound calls go to base instances)",
+                 library, type(instance).__name__, attr, type(exc).__name__, exc)
+
+
 def wrap_wsgi_app(app: Any) -> Any:
     """A WSGI app that runs ``app`` under :func:`handle_wsgi` (idempotent).
 

@@ -8,6 +8,11 @@ from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.routing import send_async, strict_error_class
 
+_instruments = ("aiohttp >= 3.8, < 4",)
+_internals = {"aiohttp.client": ("ClientSession._request", "CIMultiDict")}
+_lost = "outbound aiohttp calls carry no lane and are not re-routed to lane instances"
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     import aiohttp
 
@@ -23,14 +28,12 @@ def _is_aborted(exc: BaseException) -> bool:
 
 
 async def _request(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    from multidict import CIMultiDict
-
     if len(args) < 2:
         return await wrapped(*args, **kwargs)
     method, str_or_url, *rest = args
     rt, lane = _client.current()
     if lane is not None or rt.settings.edge:
-        headers = CIMultiDict(kwargs.get("headers") or {})
+        headers = _CIMultiDict(kwargs.get("headers") or {})
         _client.set_lane_headers(headers, lane, rt)
         kwargs["headers"] = headers
     route, u = _client.decide(rt, lane, str(str_or_url))
@@ -48,7 +51,13 @@ async def _request(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
                             _client.fallback_predicate(_is_connect_error, _is_aborted, str(method)), strict_error)
 
 
+_CIMultiDict: Any = None
+"""multidict's CIMultiDict, as ``aiohttp.client`` imports it."""
+
+
 def patch(mod: Any) -> None:
+    global _CIMultiDict
+    _CIMultiDict = mod.CIMultiDict
     wrap(mod.ClientSession, "_request", _request)
 
 

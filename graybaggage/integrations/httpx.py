@@ -10,6 +10,11 @@ from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.routing import send, send_async, strict_error_class
 
+_instruments = ("httpx >= 0.23, < 1",)
+_internals = {"httpx": ("HTTPTransport.handle_request", "AsyncHTTPTransport.handle_async_request", "URL.copy_with")}
+_lost = "outbound httpx calls carry no lane and are not re-routed to lane instances"
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     import httpx
 

@@ -14,6 +14,11 @@ from graybaggage.integrations.urllib3 import HANDLED
 from graybaggage.lane import baggage_update, header_update
 from graybaggage.routing import send, strict_error_class
 
+_instruments = ("requests >= 2.25, < 3",)
+_internals = {"requests.adapters": ("HTTPAdapter.send",)}
+_lost = "outbound requests calls carry no lane and are not re-routed to lane instances"
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     import urllib3.exceptions as ue
 

@@ -7,6 +7,12 @@ from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.routing import send, strict_error_class
 
+_instruments = ()  # the standard library
+_internals = {"urllib.request": ("OpenerDirector.open", "Request.full_url", "Request.get_header", "Request.add_header",
+                                  "Request.remove_header", "Request.get_method")}
+_lost = "outbound urllib.request calls carry no lane and are not re-routed to lane instances"
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     from urllib.error import HTTPError, URLError
 

@@ -20,10 +20,11 @@ def _is_connect_error(exc: BaseException) -> bool:
 
 
 def _is_aborted(exc: BaseException) -> bool:
-    """``_request`` returns once the response headers arrived: a disconnect inside it came first."""
+    """``_request`` returns once the response headers arrived: a disconnect inside it came first; a payload
+    error comes from the body the hook reads for safe methods (only those reach this predicate's use)."""
     import aiohttp
 
-    return isinstance(exc, aiohttp.ServerDisconnectedError) or (
+    return isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)) or (
         isinstance(exc, aiohttp.ClientOSError) and _client.is_os_aborted(exc))
 
 
@@ -46,7 +47,17 @@ async def _request(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
 
         return strict_error_class(aiohttp.ClientConnectionError)(msg)
 
-    return await send_async(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
+    async def to_target() -> Any:
+        resp = await wrapped(method, target, *rest, **kwargs)
+        if _client.should_preload(str(method), resp.headers):
+            try:  # a body cut short raises here, where the safe-method rule can still fall back
+                await resp.read()
+            except Exception:
+                resp.close()
+                raise
+        return resp
+
+    return await send_async(rt.router, route, to_target,
                             lambda: wrapped(*args, **kwargs),
                             _client.fallback_predicate(_is_connect_error, _is_aborted, str(method)), strict_error)
 

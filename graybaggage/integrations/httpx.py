@@ -67,7 +67,14 @@ def _handle(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
 
     def to_target() -> Any:
         _retarget(request, route)
-        return wrapped(*args, **kwargs)
+        resp = wrapped(*args, **kwargs)
+        if _client.should_preload(request.method, resp.headers):
+            try:  # a body cut short raises here, where the safe-method rule can still fall back
+                resp.read()
+            except Exception:
+                resp.close()
+                raise
+        return resp
 
     def to_base() -> Any:
         _restore(request, url, host)
@@ -85,7 +92,14 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
 
     async def to_target() -> Any:
         _retarget(request, route)
-        return await wrapped(*args, **kwargs)
+        resp = await wrapped(*args, **kwargs)
+        if _client.should_preload(request.method, resp.headers):
+            try:
+                await resp.aread()
+            except Exception:
+                await resp.aclose()
+                raise
+        return resp
 
     async def to_base() -> Any:
         _restore(request, url, host)

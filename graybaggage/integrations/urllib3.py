@@ -80,7 +80,17 @@ def _manager_urlopen(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> 
 
         return strict_error_class(ue.HTTPError)(msg)
 
-    return send(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
+    def to_target() -> Any:
+        if str(method).upper() not in _client.SAFE_METHODS or not kwargs.get("preload_content", True):
+            return wrapped(method, target, *rest, **kwargs)
+        # the body is read inside urlopen (preload_content): a body cut short raises there, and the
+        # safe-method rule falls back; urllib3 1.26 does not enforce Content-Length unless asked
+        resp = wrapped(method, target, *rest, **{"enforce_content_length": True, **kwargs})
+        if kwargs.get("enforce_content_length") is None:
+            _client.check_length(resp.headers, len(resp.data or b""), str(method))
+        return resp
+
+    return send(rt.router, route, to_target,
                 lambda: wrapped(*args, **kwargs),
                 _client.fallback_predicate(_is_connect_error, _client.is_os_aborted, str(method)), strict_error)
 

@@ -103,8 +103,10 @@ def test_post_cut_short_is_never_resent(client, base_server, cut_short):
     graybaggage.instrument(table_json=_table(base_server.server_port, port), fallback_down_seconds=0.0)
     try:
         with graybaggage.lane("gray"):
-            with pytest.raises(Exception):  # the client's own error for a body cut short
+            try:  # the client's own error for a body cut short (or, requests on urllib3 1.26, a short body)
                 _post(client, f"http://127.0.0.1:{base_server.server_port}/pay")
+            except Exception:  # noqa: BLE001
+                pass
     finally:
         graybaggage.uninstrument()
     assert got == [b"POST /pay HTTP/1.1"]

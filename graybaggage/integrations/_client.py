@@ -154,6 +154,14 @@ def fallback_predicate(connect_error: Callable[[BaseException], bool], aborted: 
     return lambda exc: connect_error(exc) or (safe and (aborted(exc) or is_body_broken(exc)))
 
 
+def retry_predicate(aborted: Callable[[BaseException], bool], method: str | None) -> Callable[[BaseException], bool] | None:
+    """For safe methods: a failure worth one retry on the same target (closed before any response byte, not
+    mid-body); None for other methods (never retried)."""
+    if (method or "GET").upper() not in SAFE_METHODS:
+        return None
+    return lambda exc: aborted(exc) and not is_body_broken(exc)
+
+
 class IncompleteBody(ConnectionError):
     """Raised inside a hook when a response body ended before its ``Content-Length`` (clients that do not
     enforce it, e.g. urllib3 1.26, return a short body silently); the safe-method rule then falls back."""

@@ -13,6 +13,14 @@ _internals = {"aiohttp.client": ("ClientSession._request", "CIMultiDict")}
 _lost = "outbound aiohttp calls carry no lane and are not re-routed to lane instances"
 
 
+def _timed_out(exc: BaseException) -> bool:
+    import asyncio
+
+    import aiohttp
+
+    return isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     import aiohttp
 
@@ -20,11 +28,10 @@ def _is_connect_error(exc: BaseException) -> bool:
 
 
 def _is_aborted(exc: BaseException) -> bool:
-    """``_request`` returns once the response headers arrived: a disconnect inside it came first; a payload
-    error comes from the body the hook reads for safe methods (only those reach this predicate's use)."""
+    """``_request`` returns once the response headers arrived: a disconnect inside it came first."""
     import aiohttp
 
-    return isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)) or (
+    return isinstance(exc, aiohttp.ServerDisconnectedError) or (
         isinstance(exc, aiohttp.ClientOSError) and _client.is_os_aborted(exc))
 
 
@@ -52,14 +59,17 @@ async def _request(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> An
         if _client.should_preload(str(method), resp.headers):
             try:  # a body cut short raises here, where the safe-method rule can still fall back
                 await resp.read()
-            except Exception:
+            except Exception as exc:
                 resp.close()
-                raise
+                if _timed_out(exc):  # a slow body is not a broken one: never re-sent
+                    raise
+                raise _client.IncompleteBody(f"response body cut short ({type(exc).__name__}: {exc})") from exc
         return resp
 
     return await send_async(rt.router, route, to_target,
                             lambda: wrapped(*args, **kwargs),
-                            _client.fallback_predicate(_is_connect_error, _is_aborted, str(method)), strict_error)
+                            _client.fallback_predicate(_is_connect_error, _is_aborted, str(method)), strict_error,
+                            _client.retry_predicate(_is_aborted, str(method)))
 
 
 _CIMultiDict: Any = None

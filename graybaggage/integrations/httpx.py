@@ -15,6 +15,12 @@ _internals = {"httpx": ("HTTPTransport.handle_request", "AsyncHTTPTransport.hand
 _lost = "outbound httpx calls carry no lane and are not re-routed to lane instances"
 
 
+def _timed_out(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.TimeoutException)
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     import httpx
 
@@ -71,9 +77,11 @@ def _handle(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         if _client.should_preload(request.method, resp.headers):
             try:  # a body cut short raises here, where the safe-method rule can still fall back
                 resp.read()
-            except Exception:
+            except Exception as exc:
                 resp.close()
-                raise
+                if _timed_out(exc):  # a slow body is not a broken one: never re-sent
+                    raise
+                raise _client.IncompleteBody(f"response body cut short ({type(exc).__name__}: {exc})") from exc
         return resp
 
     def to_base() -> Any:
@@ -81,7 +89,8 @@ def _handle(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return wrapped(*args, **kwargs)
 
     return send(rt.router, route, to_target, to_base,
-                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), _strict_error(request))
+                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), _strict_error(request),
+                _client.retry_predicate(_is_aborted, request.method))
 
 
 async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -96,9 +105,11 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
         if _client.should_preload(request.method, resp.headers):
             try:
                 await resp.aread()
-            except Exception:
+            except Exception as exc:
                 await resp.aclose()
-                raise
+                if _timed_out(exc):  # a slow body is not a broken one: never re-sent
+                    raise
+                raise _client.IncompleteBody(f"response body cut short ({type(exc).__name__}: {exc})") from exc
         return resp
 
     async def to_base() -> Any:
@@ -107,7 +118,7 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
 
     return await send_async(rt.router, route, to_target, to_base,
                             _client.fallback_predicate(_is_connect_error, _is_aborted, request.method),
-                            _strict_error(request))
+                            _strict_error(request), _client.retry_predicate(_is_aborted, request.method))
 
 
 def patch(mod: Any) -> None:

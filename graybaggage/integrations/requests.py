@@ -116,7 +116,8 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return strict_error_class(requests.exceptions.ConnectionError)(msg, request=request)
 
     return send(rt.router, route, to_target, to_base,
-                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), strict_error)
+                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), strict_error,
+                _client.retry_predicate(_is_aborted, request.method))
 
 
 _CID: Any = None

@@ -80,7 +80,8 @@ def _open(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return strict_error_class(URLError)(msg)
 
     return send(rt.router, route, to_target, to_base,
-                _client.fallback_predicate(_is_connect_error, _aborted, req.get_method()), strict_error)
+                _client.fallback_predicate(_is_connect_error, _aborted, req.get_method()), strict_error,
+                _client.retry_predicate(_aborted, req.get_method()))
 
 
 def patch(mod: Any) -> None:

@@ -92,7 +92,8 @@ def _manager_urlopen(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> 
 
     return send(rt.router, route, to_target,
                 lambda: wrapped(*args, **kwargs),
-                _client.fallback_predicate(_is_connect_error, _client.is_os_aborted, str(method)), strict_error)
+                _client.fallback_predicate(_is_connect_error, _client.is_os_aborted, str(method)), strict_error,
+                _client.retry_predicate(_client.is_os_aborted, str(method)))
 
 
 def patch_pool(mod: Any) -> None:

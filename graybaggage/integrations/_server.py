@@ -5,6 +5,7 @@ from typing import Any, Awaitable, Callable
 
 from opentelemetry.context import Context, attach, detach, get_current, set_value
 
+from graybaggage import _memo
 from graybaggage import _patch, _runtime
 from graybaggage._request import ASGIRequestView, WSGIRequestView
 from graybaggage.lane import set_lane
@@ -32,8 +33,7 @@ def _enter(lane: str | None, key: str) -> object:
         ctx = _entry_contexts.get((key, lane))
         if ctx is None:
             ctx = set_value(DECIDED_KEY, lane or "", set_lane(key, lane, current))
-            if len(_entry_contexts) < _MAX_ENTRY_CONTEXTS:
-                _entry_contexts[(key, lane)] = ctx
+            _memo.put(_entry_contexts, (key, lane), ctx, _MAX_ENTRY_CONTEXTS)
         return attach(ctx)
     return attach(set_value(DECIDED_KEY, lane or "", set_lane(key, lane, current)))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 from graybaggage import _memo
 from graybaggage.lane import is_valid_lane
@@ -48,15 +48,6 @@ class _Target(NamedTuple):  # a tuple: built 10,000 times for a 1,000 x 10 table
 
 
 _BAD_HOST_CHARS = re.compile(r"[/?#@ \t\r\n\\]")
-
-
-def _split_hostport(value: str, field: str | Callable[[], str]) -> tuple[str, int | None]:
-    """``(host, port)``; ``field`` names the value in errors (a callable is only called on an error, so the
-    parse of a large table builds no error text for its good routes)."""
-    try:
-        return _split(value)
-    except TableError as exc:
-        raise TableError(f"{field() if callable(field) else field}: {exc}") from None
 
 
 _SIMPLE_HOSTPORT = re.compile(r"([a-z0-9][a-z0-9.\-]*)(?::([0-9]{1,5}))?")

@@ -6,7 +6,10 @@ import os
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.util._importlib_metadata import entry_points
+try:  # OpenTelemetry's (private) shim; the standard library's has the same call on Python >= 3.10
+    from opentelemetry.util._importlib_metadata import entry_points
+except ImportError:  # pragma: no cover - depends on the installed OpenTelemetry
+    from importlib.metadata import entry_points  # type: ignore[assignment]
 
 from graybaggage import config
 

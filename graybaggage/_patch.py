@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import sys
 from typing import Any, Callable
@@ -34,14 +35,68 @@ def is_hooked(cls: type, attr: str) -> bool:
     return False
 
 
+def _step_aside(wrapper: Callable[..., Any], exc: BaseException) -> None:
+    from graybaggage._log import log_once
+
+    name = getattr(wrapper, "__module__", "").rsplit(".", 1)[-1]
+    log_once(_logger, f"hook-failed:{name}:{wrapper.__qualname__}",
+             "graybaggage: the %s integration's hook %s failed before the call (%s: %s), probably because the "
+             "library's internals moved: such calls go out unchanged (no lane, no re-routing)",
+             name, wrapper.__qualname__, type(exc).__name__, exc)
+
+
+def guarded(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """``wrapper`` made safe for the request path: if it raises before it called the wrapped function, the
+    failure is logged once and the wrapped function is called as the application called it. Once the wrapped
+    function was called, whatever happens is the library's outcome and propagates as is (a request is never
+    sent twice because of graybaggage). Hooks that touch internals after the call guard those accesses."""
+    if inspect.iscoroutinefunction(wrapper):
+        async def guard_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            called = False
+
+            def call(*a: Any, **k: Any) -> Any:
+                nonlocal called
+                called = True
+                return wrapped(*a, **k)
+
+            try:
+                return await wrapper(call, instance, args, kwargs)
+            except Exception as exc:
+                if called:
+                    raise
+                _step_aside(wrapper, exc)
+            return await wrapped(*args, **kwargs)
+
+        return guard_async
+
+    def guard(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        called = False
+
+        def call(*a: Any, **k: Any) -> Any:
+            nonlocal called
+            called = True
+            return wrapped(*a, **k)
+
+        try:
+            return wrapper(call, instance, args, kwargs)
+        except Exception as exc:
+            if called:
+                raise
+            _step_aside(wrapper, exc)
+        return wrapped(*args, **kwargs)
+
+    return guard
+
+
 def wrap(owner: Any, attr: str, wrapper: Callable[..., Any]) -> bool:
-    """Wrap ``owner.attr`` with a wrapt wrapper ``wrapper(wrapped, instance, args, kwargs)``, once."""
+    """Wrap ``owner.attr`` with a wrapt wrapper ``wrapper(wrapped, instance, args, kwargs)``, once, guarded
+    (:func:`guarded`)."""
     current = _raw(owner, attr)
     if current is None:
         raise AttributeError(f"{getattr(owner, '__name__', owner)!s} has no attribute {attr!r}")
     if _is_ours(current):
         return False
-    wrapt.wrap_function_wrapper(owner, attr, wrapper)
+    wrapt.wrap_function_wrapper(owner, attr, guarded(wrapper))
     setattr(_raw(owner, attr), _MARK, True)
     _applied.append((owner, attr))
     return True

@@ -12,6 +12,8 @@ from urllib.parse import unquote
 from opentelemetry import baggage
 from opentelemetry.context import Context, get_current
 
+from graybaggage import _memo
+
 BASE = "base"
 MAX_LANE_LEN = 63
 # Anything longer than this is not even inspected.
@@ -248,6 +250,6 @@ class CarrierReader:
         verdict = self._verdicts.get(memo)  # type: ignore[arg-type]
         if verdict is None:
             verdict = lane_from_carrier(header_values, baggage_header, self.key, self.allowed, self.max_baggage_bytes)
-            if isinstance(memo[1], str) and len(memo[1]) <= self.value_max and len(self._verdicts) < self.size:
-                self._verdicts[memo] = verdict
+            if isinstance(memo[1], str) and len(memo[1]) <= self.value_max:
+                _memo.put(self._verdicts, memo, verdict, self.size)
         return verdict

@@ -22,6 +22,7 @@ from opentelemetry.propagators.textmap import (
     default_setter,
 )
 
+from graybaggage import _memo
 from graybaggage import config
 from graybaggage._log import log_once
 from graybaggage.lane import (BAGGAGE_OVERSIZED, BAGGAGE_TOO_MANY, MAX_BAGGAGE_MEMBERS, CarrierReader, baggage_update,
@@ -208,6 +209,9 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
         self._key = self._lane._key
         self._parsed: dict[str, tuple[tuple[str, object], ...]] = {}
         self._formatted: dict[tuple[tuple[str, object], ...], str | None] = {}
+        # OpenTelemetry's (private) header limit, read once; its documented W3C value if it ever moves
+        limit = getattr(W3CBaggagePropagator, "_MAX_HEADER_LENGTH", None)
+        self._max_header = limit if isinstance(limit, int) else 8192
 
     # -- extract ----------------------------------------------------------------------------------
     def _entries(self, header: str) -> tuple[tuple[str, object], ...]:
@@ -216,8 +220,8 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
         if entries is None:
             ctx = W3CBaggagePropagator.extract(self, {"baggage": [header]}, Context())
             entries = tuple(get_all(ctx).items())
-            if len(header) <= _MEMO_VALUE_MAX and len(self._parsed) < _MEMO_MAX:
-                self._parsed[header] = entries
+            if len(header) <= _MEMO_VALUE_MAX:
+                _memo.put(self._parsed, header, entries, _MEMO_MAX)
         return entries
 
     def extract(self, carrier: CarrierT, context: Context | None = None, getter: Getter[CarrierT] = default_getter) -> Context:
@@ -231,7 +235,7 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
             return context
         if not isinstance(header, str):
             header = None
-        elif len(header) > _MEMO_VALUE_MAX and len(header.encode()) > self._MAX_HEADER_LENGTH:
+        elif len(header) > _MEMO_VALUE_MAX and len(header.encode()) > self._max_header:
             # OpenTelemetry ignores such a header too, but warns on every request, quoting all of it: one
             # line per process instead, without the attacker's bytes.
             log_problem(BAGGAGE_OVERSIZED, "baggage")
@@ -263,9 +267,9 @@ class LaneBaggagePropagator(W3CBaggagePropagator):
                 header = self._formatted[memo]  # type: ignore[index]
             except KeyError:
                 header = self._format(items, lane, context)
-                if (header is not None and len(header) <= _MEMO_VALUE_MAX and len(self._formatted) < _MEMO_MAX
+                if (header is not None and len(header) <= _MEMO_VALUE_MAX
                         and all(type(v) is str for _, v in items)):
-                    self._formatted[memo] = header  # type: ignore[index]
+                    _memo.put(self._formatted, memo, header, _MEMO_MAX)
             except TypeError:  # an unhashable baggage value: no memo
                 header = self._format(items, lane, context)
             if header is not None:

@@ -108,6 +108,16 @@ class Router:
                 self._failures.pop(route.authority, None)
 
     # -- visibility -----------------------------------------------------------------------------
+    def retried(self, route: Route) -> None:
+        """A safe call is being retried once on its target (a span event; the call's outcome is recorded
+        once, after the retry)."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event("graybaggage.retry", {ATTR_LANE: route.lane, ATTR_TARGET: route.authority})
+        log_once(_logger, f"retry:{route.authority}",
+                 "graybaggage: lane %r target %s closed a connection before answering a safe request; retried once",
+                 route.lane, route.authority, level=logging.INFO)
+
     def record(self, route: Route, outcome: str) -> None:
         span = trace.get_current_span()
         if span.is_recording():
@@ -176,17 +186,29 @@ def send(
     to_base: Callable[[], T],
     can_fall_back: Callable[[BaseException], bool],
     strict_error: Callable[[str, BaseException | None], BaseException],
+    retry: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """Send to the lane target; on a failure ``can_fall_back`` accepts (the connection was never made, or
-    a safe request got no response from a closing connection), mark it and apply the lane's fallback."""
+    a safe request got no complete response from a closing connection), mark it and apply the lane's fallback.
+
+    A failure ``retry`` accepts (a safe request whose connection closed before any response byte: most often
+    a kept-alive connection the target closed while the request was on its way) is first retried once on the
+    same target; the failed connection is gone from the client's pool, so the retry takes another one."""
     if router.is_down(route):
         _skip_down_target(router, route, strict_error)
         return to_base()
     try:
         result = to_target()
     except Exception as exc:
-        _target_failed(router, route, exc, can_fall_back, strict_error)
-        return to_base()
+        if retry is None or not retry(exc):
+            _target_failed(router, route, exc, can_fall_back, strict_error)
+            return to_base()
+        router.retried(route)
+        try:
+            result = to_target()
+        except Exception as exc2:
+            _target_failed(router, route, exc2, can_fall_back, strict_error)
+            return to_base()
     router.succeeded(route)
     router.record(route, ROUTED)
     return result
@@ -199,6 +221,7 @@ async def send_async(
     to_base: Callable[[], Awaitable[T]],
     can_fall_back: Callable[[BaseException], bool],
     strict_error: Callable[[str, BaseException | None], BaseException],
+    retry: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """The async twin of :func:`send`."""
     if router.is_down(route):
@@ -207,8 +230,15 @@ async def send_async(
     try:
         result = await to_target()
     except Exception as exc:
-        _target_failed(router, route, exc, can_fall_back, strict_error)
-        return await to_base()
+        if retry is None or not retry(exc):
+            _target_failed(router, route, exc, can_fall_back, strict_error)
+            return await to_base()
+        router.retried(route)
+        try:
+            result = await to_target()
+        except Exception as exc2:
+            _target_failed(router, route, exc2, can_fall_back, strict_error)
+            return await to_base()
     router.succeeded(route)
     router.record(route, ROUTED)
     return result

@@ -144,12 +144,69 @@ def fallback_predicate(connect_error: Callable[[BaseException], bool], aborted: 
     """When a failed call to a lane target may go to base instead.
 
     Always when the connection was never made. Also, for safe methods (GET, HEAD, OPTIONS) only, when the
-    target closed or reset the connection before sending any response: a kept-alive connection to an
-    instance that is shutting down. RFC 9112 section 9.3.1 allows retrying those; bodies and unsafe methods
-    are never re-sent.
+    target closed or reset the connection before the response was complete: before any response byte (a
+    kept-alive connection to an instance that is shutting down), or after the headers but before the whole
+    body arrived (an instance that died mid-response; the hooks read the body where the client would have
+    read it anyway, see :func:`is_body_broken`). RFC 9110 section 9.2.2 makes safe requests retryable;
+    requests with unsafe methods are never re-sent once they reached the target.
     """
     safe = (method or "GET").upper() in SAFE_METHODS
-    return lambda exc: connect_error(exc) or (safe and aborted(exc))
+    return lambda exc: connect_error(exc) or (safe and (aborted(exc) or is_body_broken(exc)))
+
+
+def retry_predicate(aborted: Callable[[BaseException], bool], method: str | None) -> Callable[[BaseException], bool] | None:
+    """For safe methods: a failure worth one retry on the same target (closed before any response byte, not
+    mid-body); None for other methods (never retried)."""
+    if (method or "GET").upper() not in SAFE_METHODS:
+        return None
+    return lambda exc: aborted(exc) and not is_body_broken(exc)
+
+
+class IncompleteBody(ConnectionError):
+    """Raised inside a hook when a response body ended before its ``Content-Length`` (clients that do not
+    enforce it, e.g. urllib3 1.26, return a short body silently); the safe-method rule then falls back."""
+
+
+def is_body_broken(exc: BaseException | None) -> bool:
+    """True when the response body was cut short: ``http.client.IncompleteRead`` (urllib3's subclasses it),
+    or :class:`IncompleteBody`, anywhere in the error's chain (arguments, reason, cause, context)."""
+    import http.client
+
+    todo, seen = [exc], 0
+    while todo and seen < 16:
+        cur = todo.pop()
+        if not isinstance(cur, BaseException):
+            continue
+        seen += 1
+        if isinstance(cur, (http.client.IncompleteRead, IncompleteBody)):
+            return True
+        todo.extend(a for a in cur.args if isinstance(a, BaseException))
+        todo.extend(x for x in (getattr(cur, "reason", None), cur.__cause__, cur.__context__) if x is not None)
+    return False
+
+
+PRELOAD_MAX = 1 << 20
+"""Largest declared body a hook reads before returning (clients whose callers may stream: httpx, aiohttp)."""
+
+
+def should_preload(method: str | None, headers: Any) -> bool:
+    """Whether a hook may read a safe response's body before returning it: only with a declared
+    ``Content-Length`` of at most :data:`PRELOAD_MAX` (a caller streaming a large or open-ended body keeps
+    streaming; a break in such a body is not covered)."""
+    if (method or "GET").upper() not in ("GET", "OPTIONS"):
+        return False
+    declared = headers.get("Content-Length")
+    return bool(declared) and declared.isdigit() and int(declared) <= PRELOAD_MAX
+
+
+def check_length(headers: Any, got: int, method: str) -> None:
+    """Raise :class:`IncompleteBody` when a body of ``got`` bytes is shorter than the response's declared
+    ``Content-Length`` (not for HEAD, nor for encoded bodies whose decoded length differs)."""
+    if method.upper() == "HEAD" or headers.get("Content-Encoding"):
+        return
+    declared = headers.get("Content-Length")
+    if declared and declared.isdigit() and got < int(declared):
+        raise IncompleteBody(f"response body ended after {got} of {declared} bytes")
 
 
 def is_os_connect_error(exc: BaseException | None) -> bool:

@@ -5,6 +5,7 @@ from typing import Any, Awaitable, Callable
 
 from opentelemetry.context import Context, attach, detach, get_current, set_value
 
+from graybaggage import _memo
 from graybaggage import _patch, _runtime
 from graybaggage._request import ASGIRequestView, WSGIRequestView
 from graybaggage.lane import set_lane
@@ -32,8 +33,7 @@ def _enter(lane: str | None, key: str) -> object:
         ctx = _entry_contexts.get((key, lane))
         if ctx is None:
             ctx = set_value(DECIDED_KEY, lane or "", set_lane(key, lane, current))
-            if len(_entry_contexts) < _MAX_ENTRY_CONTEXTS:
-                _entry_contexts[(key, lane)] = ctx
+            _memo.put(_entry_contexts, (key, lane), ctx, _MAX_ENTRY_CONTEXTS)
         return attach(ctx)
     return attach(set_value(DECIDED_KEY, lane or "", set_lane(key, lane, current)))
 
@@ -79,6 +79,22 @@ def handle_wsgi(environ: dict, call: Callable[[], Any]) -> Any:
         detach(token)
         raise
     return _LaneBody(body, token)
+
+
+def after_call(instance: Any, attr: str, wrap_app: Callable[[Any], Any], library: str) -> None:
+    """``instance.attr = wrap_app(instance.attr)`` after the server's own call returned; if the attribute
+    moved, one log line and the server runs its application without lanes (never an exception)."""
+    try:
+        setattr(instance, attr, wrap_app(getattr(instance, attr)))
+    except Exception as exc:  # noqa: BLE001 - the server already loaded its app: never fail it
+        import logging
+
+        from graybaggage._log import log_once
+
+        log_once(logging.getLogger(__name__), f"after-call:{library}:{attr}",
+                 "graybaggage: %s has no usable %s.%s (%s: %s; the library's internals moved): its application is "
+                 "served without lanes (outbound calls go to base instances)",
+                 library, type(instance).__name__, attr, type(exc).__name__, exc)
 
 
 def wrap_wsgi_app(app: Any) -> Any:

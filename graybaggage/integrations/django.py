@@ -6,6 +6,11 @@ from typing import Any
 from graybaggage._patch import wrap
 from graybaggage.integrations._server import handle_asgi, handle_wsgi
 
+_instruments = ("django >= 3.2, < 6",)
+_internals = {"django.core.handlers.wsgi": ("WSGIHandler.__call__",), "django.core.handlers.asgi": ("ASGIHandler.handle",)}
+_lost = "requests served by Django are handled without their lane (their outbound calls go to base instances)"
+
+
 
 def _wsgi_call(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     return handle_wsgi(args[0], lambda: wrapped(*args, **kwargs))

@@ -10,6 +10,17 @@ from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.routing import send, send_async, strict_error_class
 
+_instruments = ("httpx >= 0.23, < 1",)
+_internals = {"httpx": ("HTTPTransport.handle_request", "AsyncHTTPTransport.handle_async_request", "URL.copy_with")}
+_lost = "outbound httpx calls carry no lane and are not re-routed to lane instances"
+
+
+def _timed_out(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.TimeoutException)
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     import httpx
 
@@ -62,14 +73,24 @@ def _handle(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
 
     def to_target() -> Any:
         _retarget(request, route)
-        return wrapped(*args, **kwargs)
+        resp = wrapped(*args, **kwargs)
+        if _client.should_preload(request.method, resp.headers):
+            try:  # a body cut short raises here, where the safe-method rule can still fall back
+                resp.read()
+            except Exception as exc:
+                resp.close()
+                if _timed_out(exc):  # a slow body is not a broken one: never re-sent
+                    raise
+                raise _client.IncompleteBody(f"response body cut short ({type(exc).__name__}: {exc})") from exc
+        return resp
 
     def to_base() -> Any:
         _restore(request, url, host)
         return wrapped(*args, **kwargs)
 
     return send(rt.router, route, to_target, to_base,
-                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), _strict_error(request))
+                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), _strict_error(request),
+                _client.retry_predicate(_is_aborted, request.method))
 
 
 async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -80,7 +101,16 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
 
     async def to_target() -> Any:
         _retarget(request, route)
-        return await wrapped(*args, **kwargs)
+        resp = await wrapped(*args, **kwargs)
+        if _client.should_preload(request.method, resp.headers):
+            try:
+                await resp.aread()
+            except Exception as exc:
+                await resp.aclose()
+                if _timed_out(exc):  # a slow body is not a broken one: never re-sent
+                    raise
+                raise _client.IncompleteBody(f"response body cut short ({type(exc).__name__}: {exc})") from exc
+        return resp
 
     async def to_base() -> Any:
         _restore(request, url, host)
@@ -88,7 +118,7 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
 
     return await send_async(rt.router, route, to_target, to_base,
                             _client.fallback_predicate(_is_connect_error, _is_aborted, request.method),
-                            _strict_error(request))
+                            _strict_error(request), _client.retry_predicate(_is_aborted, request.method))
 
 
 def patch(mod: Any) -> None:

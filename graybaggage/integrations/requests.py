@@ -14,6 +14,11 @@ from graybaggage.integrations.urllib3 import HANDLED
 from graybaggage.lane import baggage_update, header_update
 from graybaggage.routing import send, strict_error_class
 
+_instruments = ("requests >= 2.25, < 3",)
+_internals = {"requests.adapters": ("HTTPAdapter.send",)}
+_lost = "outbound requests calls carry no lane and are not re-routed to lane instances"
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     import urllib3.exceptions as ue
 
@@ -81,12 +86,23 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return wrapped(*args, **kwargs)
     original = request.url
     host_header = request.headers.get("Host")
+    method = request.method or "GET"
+    safe = method.upper() in _client.SAFE_METHODS
 
     def to_target() -> Any:
         request.url = _client.rewrite(u, route)
         if host_header is not None and host_header.split(":")[0].lower() == (u.hostname or ""):
             request.headers["Host"] = _client.netloc(route)
-        return wrapped(*args, **kwargs)
+        resp = wrapped(*args, **kwargs)
+        if safe and not kwargs.get("stream", False):
+            # Session.send would read the body right after this returns; reading it here lets a connection that
+            # breaks mid-body fall back like one that breaks before the headers (for safe methods only)
+            try:
+                _client.check_length(resp.headers, len(resp.content), method)
+            except Exception:
+                resp.close()
+                raise
+        return resp
 
     def to_base() -> Any:
         request.url = original
@@ -100,7 +116,8 @@ def _send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return strict_error_class(requests.exceptions.ConnectionError)(msg, request=request)
 
     return send(rt.router, route, to_target, to_base,
-                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), strict_error)
+                _client.fallback_predicate(_is_connect_error, _is_aborted, request.method), strict_error,
+                _client.retry_predicate(_is_aborted, request.method))
 
 
 _CID: Any = None

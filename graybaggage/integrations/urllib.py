@@ -7,6 +7,12 @@ from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.routing import send, strict_error_class
 
+_instruments = ()  # the standard library
+_internals = {"urllib.request": ("OpenerDirector.open", "Request.full_url", "Request.get_header", "Request.add_header",
+                                  "Request.remove_header", "Request.get_method")}
+_lost = "outbound urllib.request calls carry no lane and are not re-routed to lane instances"
+
+
 def _is_connect_error(exc: BaseException) -> bool:
     from urllib.error import HTTPError, URLError
 
@@ -74,7 +80,8 @@ def _open(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return strict_error_class(URLError)(msg)
 
     return send(rt.router, route, to_target, to_base,
-                _client.fallback_predicate(_is_connect_error, _aborted, req.get_method()), strict_error)
+                _client.fallback_predicate(_is_connect_error, _aborted, req.get_method()), strict_error,
+                _client.retry_predicate(_aborted, req.get_method()))
 
 
 def patch(mod: Any) -> None:

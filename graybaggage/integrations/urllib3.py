@@ -8,6 +8,12 @@ from graybaggage._patch import wrap
 from graybaggage.integrations import _client
 from graybaggage.routing import send, strict_error_class
 
+_instruments = ("urllib3 >= 1.26, < 3",)
+_internals = {"urllib3.connectionpool": ("HTTPConnectionPool.urlopen", "HTTPHeaderDict.iteritems"),
+               "urllib3.poolmanager": ("PoolManager.urlopen",)}
+_lost = "outbound urllib3 calls carry no lane and are not re-routed to lane instances"
+
+
 HANDLED = "_graybaggage_lane_set"
 """Attribute the requests integration sets on a request's headers once it has set the lane on them."""
 
@@ -25,9 +31,13 @@ def _is_connect_error(exc: BaseException) -> bool:
     return _client.is_os_connect_error(exc)
 
 
-def _with_lane(headers: Any, instance: Any, lane: str | None, rt: Any) -> Any:
-    from urllib3 import HTTPHeaderDict
+_HTTPHeaderDict: Any = None
+"""urllib3's HTTPHeaderDict, as ``urllib3.connectionpool`` imports it (1.26 and 2.x alike; the top-level
+``urllib3.HTTPHeaderDict`` is 2.x only)."""
 
+
+def _with_lane(headers: Any, instance: Any, lane: str | None, rt: Any) -> Any:
+    HTTPHeaderDict = _HTTPHeaderDict
     if headers is None:
         headers = getattr(instance, "headers", None) or {}
     merged = HTTPHeaderDict(headers)  # a copy: the caller's mapping is left alone
@@ -70,12 +80,25 @@ def _manager_urlopen(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> 
 
         return strict_error_class(ue.HTTPError)(msg)
 
-    return send(rt.router, route, lambda: wrapped(method, target, *rest, **kwargs),
+    def to_target() -> Any:
+        if str(method).upper() not in _client.SAFE_METHODS or not kwargs.get("preload_content", True):
+            return wrapped(method, target, *rest, **kwargs)
+        # the body is read inside urlopen (preload_content): a body cut short raises there, and the
+        # safe-method rule falls back; urllib3 1.26 does not enforce Content-Length unless asked
+        resp = wrapped(method, target, *rest, **{"enforce_content_length": True, **kwargs})
+        if kwargs.get("enforce_content_length") is None:
+            _client.check_length(resp.headers, len(resp.data or b""), str(method))
+        return resp
+
+    return send(rt.router, route, to_target,
                 lambda: wrapped(*args, **kwargs),
-                _client.fallback_predicate(_is_connect_error, _client.is_os_aborted, str(method)), strict_error)
+                _client.fallback_predicate(_is_connect_error, _client.is_os_aborted, str(method)), strict_error,
+                _client.retry_predicate(_client.is_os_aborted, str(method)))
 
 
 def patch_pool(mod: Any) -> None:
+    global _HTTPHeaderDict
+    _HTTPHeaderDict = mod.HTTPHeaderDict
     wrap(mod.HTTPConnectionPool, "urlopen", _pool_urlopen)
 
 

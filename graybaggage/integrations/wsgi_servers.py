@@ -8,7 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from graybaggage._patch import wrap
-from graybaggage.integrations._server import wrap_wsgi_app
+from graybaggage.integrations._server import after_call, wrap_wsgi_app
+
+_instruments = ("gunicorn >= 20, < 28", "werkzeug >= 2.0, < 4")
+_internals = {"wsgiref.handlers": ("BaseHandler.run",), "gunicorn.workers.base": ("Worker.load_wsgi",),
+               "werkzeug.serving": ("BaseWSGIServer.__init__",)}
+_lost = "requests served by this WSGI server are handled without their lane (their outbound calls go to base instances)"
+
 
 
 def _wsgiref_run(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -21,13 +27,13 @@ def _wsgiref_run(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
 
 def _gunicorn_load(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     result = wrapped(*args, **kwargs)
-    instance.wsgi = wrap_wsgi_app(instance.wsgi)
+    after_call(instance, "wsgi", wrap_wsgi_app, "gunicorn")
     return result
 
 
 def _werkzeug_init(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     result = wrapped(*args, **kwargs)
-    instance.app = wrap_wsgi_app(instance.app)
+    after_call(instance, "app", wrap_wsgi_app, "werkzeug")
     return result
 
 

@@ -126,58 +126,90 @@ def test_live_table_edit_takes_effect_within_1s(seed):
     assert seed.svc["b"].log.count("keeping the last good value") == 1
 
 
-def _run_and_kill(seed: Seed, sig: int) -> tuple[list[tuple[int, float, str]], list[str]]:
-    results: list[tuple[int, float, str]] = []
-    errors: list[str] = []
+def _run_and_kill(seed: Seed, sig: int, kill_after: int = 150, after_death: int = 100,
+                  threads: int = 8) -> tuple[list[tuple[int, float, str, bool]], list[str]]:
+    """GETs in lane gray from ``threads`` keep-alive clients; once request ``kill_after`` is answered, c[gray]
+    gets ``sig`` (from another thread, so requests stay in flight meanwhile). The run ends once
+    ``after_death`` requests were started after c[gray]'s process had exited: counts and events, no clock, so
+    a loaded machine only makes it slower. Each result: (status, seconds, hops served, started after death)."""
+    results: list[tuple[int, float, str, bool]] = []
+    lock = threading.Lock()
+    dead = threading.Event()
+    counters = {"started": 0, "after_death": 0}
     local = threading.local()
 
-    def one(i: int) -> None:
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = http.client.HTTPConnection("127.0.0.1", seed.entry.port, timeout=30)
-        t = time.perf_counter()
-        try:
-            conn.request("GET", f"/k{i}", headers=GRAY)
-            resp = conn.getresponse()
-            body = resp.read()
-            status = resp.status
-        except OSError:
-            local.conn = None
-            status, body = 0, b"{}"
-        dt = time.perf_counter() - t
-        results.append((status, dt, served_after_entry(json.loads(body)) if status == 200 else ""))
-        if i == 150:
-            seed.svc["c-gray"].kill(sig)
+    def kill() -> None:
+        seed.svc["c-gray"].kill(sig)  # returns once the process has exited
+        dead.set()
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(400)))
+    def worker() -> None:
+        while True:
+            with lock:
+                i = counters["started"]
+                post = dead.is_set()
+                if post:
+                    if counters["after_death"] >= after_death:
+                        return
+                    counters["after_death"] += 1
+                counters["started"] += 1
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection("127.0.0.1", seed.entry.port, timeout=60)
+            t = time.perf_counter()
+            try:
+                conn.request("GET", f"/k{i}", headers=GRAY)
+                resp = conn.getresponse()
+                body = resp.read()
+                status = resp.status
+            except OSError:
+                local.conn = None
+                status, body = 0, b"{}"
+            dt = time.perf_counter() - t
+            with lock:
+                results.append((status, dt, served_after_entry(json.loads(body)) if status == 200 else "", post))
+            if i == kill_after:
+                threading.Thread(target=kill, daemon=True).start()
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
     errors = [ln for ln in seed.svc["b"].log.splitlines() if ln.startswith("requests.exceptions")]
     return results, errors
 
 
+def _median_ms(xs: list[float]) -> str:
+    return f"{statistics.median(xs) * 1000:.1f} ms" if xs else "n/a"
+
+
 def test_gray_c_terminating_mid_run_loses_no_request(seed):
     """SIGTERM, as Kubernetes stops a pod: in-flight requests finish, new ones fall back to base."""
-    results, _ = _run_and_kill(seed, signal.SIGTERM)
+    results, errors = _run_and_kill(seed, signal.SIGTERM)
     failed = [r for r in results if r[0] != 200]
     before = [r[1] for r in results if r[2].endswith("c[gray]")]
     after = [r[1] for r in results if r[2].endswith("c[base]")]
-    print(f"\nkilled c[gray] mid-run: {len(results)} requests, {len(failed)} failed; "
-          f"median {statistics.median(before) * 1000:.1f} ms via c[gray], "
-          f"{statistics.median(after) * 1000:.1f} ms after fallback ({len(after)} requests)")
-    assert failed == []
-    assert before and after
+    print(f"\nterminated c[gray] mid-run: {len(results)} requests, {len(failed)} failed; "
+          f"median {_median_ms(before)} via c[gray], {_median_ms(after)} after fallback ({len(after)} requests)")
+    assert failed == [], errors
+    assert before  # the lane target served requests before it stopped
     assert all(r[2] in ("a[gray] -> b[base] -> c[gray]", "a[gray] -> b[base] -> c[base]") for r in results)
+    post = [r[2] for r in results if r[3]]
+    assert len(post) == 100 and set(post) == {"a[gray] -> b[base] -> c[base]"}  # after it exited: all on base
     assert "marked down" in seed.svc["b"].log
 
 
 def test_gray_c_crashing_mid_run_loses_no_get(seed):
-    """SIGKILL: GETs in flight at c[gray] get a reset before any response; GET is safe (RFC 9112 9.3.1), so
-    they are re-sent to base too. (Unsafe methods are never re-sent: see the in-process test below.)"""
+    """SIGKILL: GETs in flight at c[gray] get a reset before any response, or their body is cut short; GET is
+    safe (RFC 9110 9.2.2), so they are re-sent to base too. (Unsafe methods are never re-sent: see
+    test_fallback.py and test_safe_fallback.py.)"""
     results, errors = _run_and_kill(seed, signal.SIGKILL)
     failed = [r for r in results if r[0] != 200]
     print(f"\nc[gray] SIGKILLed mid-run: {len(failed)} of {len(results)} failed")
     assert failed == [], errors
-    assert sum(r[2].endswith("c[base]") for r in results) > 150
+    assert any(r[2].endswith("c[gray]") for r in results)
+    post = [r[2] for r in results if r[3]]
+    assert len(post) == 100 and set(post) == {"a[gray] -> b[base] -> c[base]"}
 
 
 def test_strict_fallback_fails_cleanly_naming_target(tmp_path):

@@ -99,3 +99,37 @@ def test_yaml_and_json_text():
     assert load_table_text("version: 1\nlanes:\n  gray:\n    routes: {c: c-gray}\n").decide("gray", "c", 1)
     with pytest.raises(TableError, match="cannot parse"):
         load_table_text("{ nope")
+
+
+@pytest.mark.parametrize("host,is_ip", [
+    ("10.0.0.1", True), ("127.0.0.1", True), ("::1", True), ("fe80::1", True),  # addresses
+    ("svc", False), ("svc-1", False), ("svc.ns", False), ("c-gray.demo.svc.cluster.local", False),  # names
+    ("1.2.3", False), ("10.0.0.256", False), ("123", False),  # digits and dots, but not an address
+    ("\u0661.\u0662.\u0663.\u0664", False),  # non-ASCII digits pass the pre-check; ipaddress rejects them
+])
+def test_is_ip_pre_check_agrees_with_ipaddress(host, is_ip):
+    import ipaddress
+
+    from graybaggage.table import _is_ip
+
+    try:
+        ipaddress.ip_address(host)
+        expected = True
+    except ValueError:
+        expected = False
+    assert _is_ip(host) is is_ip is expected
+
+
+def test_memo_evicts_its_oldest_entry_so_a_late_value_is_remembered():
+    from graybaggage import _memo
+    from graybaggage.lane import CarrierReader
+
+    memo: dict = {}
+    for i in range(5):
+        _memo.put(memo, i, i, 3)
+    assert list(memo) == [2, 3, 4]  # bounded, newest kept
+    reader = CarrierReader("x-mse-tag", None, 8192, size=256)
+    for i in range(300):  # junk fills the memo first
+        reader.read([f"junk{i}"], None)
+    assert reader.read(["gray"], None)[0] == "gray"
+    assert (True, "gray") in reader._verdicts and len(reader._verdicts) == 256  # the late lane is memoised

@@ -12,7 +12,9 @@ _logger = logging.getLogger(__name__)
 
 SERVERS = ("flask", "django", "starlette", "uvicorn", "wsgi_servers")
 CLIENTS = ("requests", "urllib3", "urllib", "httpx", "aiohttp")
-ALL = SERVERS + CLIENTS
+RPC = ("grpc",)
+"""Both sides of a call in one module."""
+ALL = SERVERS + CLIENTS + RPC
 
 
 def install(disabled: frozenset[str] = frozenset()) -> list[str]:

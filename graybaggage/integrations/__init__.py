@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 
 from graybaggage import _patch
 
@@ -12,8 +13,8 @@ _logger = logging.getLogger(__name__)
 
 SERVERS = ("flask", "django", "starlette", "uvicorn", "wsgi_servers")
 CLIENTS = ("requests", "urllib3", "urllib", "httpx", "aiohttp")
-RPC = ("grpc",)
-"""Both sides of a call in one module."""
+RPC = ("grpc", "celery")
+"""Both sides of a call (or a task) in one module."""
 ALL = SERVERS + CLIENTS + RPC
 
 
@@ -36,4 +37,12 @@ def install(disabled: frozenset[str] = frozenset()) -> list[str]:
 
 def uninstall() -> int:
     _patch.set_hooks_active(False)
+    for name in ALL:  # integrations that hook more than wrappers (signal receivers) undo that too
+        mod = sys.modules.get(f"graybaggage.integrations.{name}")
+        unpatch = getattr(mod, "unpatch", None)
+        if unpatch is not None:
+            try:
+                unpatch()
+            except Exception:
+                _logger.warning("graybaggage: integration %s failed to unpatch", name, exc_info=True)
     return _patch.unwrap_all()

@@ -265,3 +265,51 @@ def test_patches_are_reversible():
     ch = grpc.insecure_channel("127.0.0.1:1")
     assert type(ch).__name__ != "LaneChannel"
     ch.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "aio"])
+def test_gray_target_killed_mid_run_fails_only_calls_already_sent(mode):
+    """4 client threads keep calling a (unary, lane gray) while b[gray] is SIGKILLed. A call a had already sent to
+    b[gray] may fail (it may have had effects: never re-sent); every call made after that goes to base b."""
+    import threading
+
+    ch = Chain(mode, extra_env={"GRAYBAGGAGE_FALLBACK_FAILURES": "100000"})
+    results: list[tuple[int, dict]] = []
+    lock = threading.Lock()
+    total, kill_at = 400, 100
+    killed = threading.Event()
+    counter = iter(range(total))
+
+    def client() -> None:
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                return
+            r = ch.unary([("x-mse-tag", "gray")])
+            with lock:
+                results.append((1 if killed.is_set() else 0, r))
+                if len(results) == kill_at:
+                    ch.b_gray.kill()  # SIGKILL, while other calls are in flight
+                    killed.set()
+
+    try:
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        ch.close()
+    failed = [r for _, r in results if r["error"] is not None]
+    # only calls in flight to b[gray] at the kill (at most one per client thread) may fail, and none of them
+    # failed to connect (a call that could not be sent would have gone to base)
+    assert len(failed) <= 4, failed
+    assert not [r for r in failed if "failed to connect" in (r["error"]["details"] or "")], failed
+    after = [r for phase, r in results if phase == 1 and r["error"] is None]
+    assert len(results) == total and after
+    tail = [served(r) for _, r in results[-200:]]
+    assert set(tail) == {"a[base] -> b[base] -> c[gray]"}, set(tail)
+    print(f"\n{mode}: {total} unary calls, b[gray] SIGKILLed after {kill_at}: {len(failed)} failed (sent before the "
+          f"kill: {sorted({r['error']['code'] + ' ' + (r['error']['details'] or '')[:60] for r in failed})}), "
+          f"{len(after)} after the kill served by base b")

@@ -32,7 +32,7 @@ class Chain:
     """a (gRPC, base only) -> b (gRPC, base and gray) -> c (HTTP, base and gray)."""
 
     def __init__(self, mode: str, b_gray_target: str | None = None, fallback: str = "base",
-                 extra_env: dict | None = None) -> None:
+                 extra_env: dict | None = None, a_env: dict | None = None) -> None:
         self.started: list[support.Service] = []
         env = {"GHOP_MODE": mode, "OTEL_TRACES_EXPORTER": "none", **(extra_env or {})}
         c_port, b_port = support.free_port(), support.free_port()
@@ -47,7 +47,7 @@ class Chain:
         if b_gray_target is None:
             self.b_gray = self._start("b", {**genv, "HOP_NEXT": self.c.url, "GRAYBAGGAGE_LANE": "gray"},
                                       port=b_gray_port, cmd=GRPC_HOP)
-        self.a = self._start("a", {**genv, "GHOP_NEXT_GRPC": f"127.0.0.1:{b_port}"}, cmd=GRPC_HOP)
+        self.a = self._start("a", {**genv, "GHOP_NEXT_GRPC": f"127.0.0.1:{b_port}", **(a_env or {})}, cmd=GRPC_HOP)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.a.port}")
 
     def _start(self, name: str, env: dict, port: int | None = None, cmd: list | None = None) -> support.Service:
@@ -143,6 +143,28 @@ def test_bad_metadata_is_served_on_base(chain):
                 assert c["header"] is None and "x-mse-tag" not in (c["baggage"] or ""), (name, c)
     lines = [ln for ln in chain.a.log.splitlines() if "graybaggage: ignoring a lane in " in ln]
     assert 3 <= len(lines) == len(set(lines)), lines  # reported, once per kind
+
+
+DYE_RULE = json.dumps([{"lane": "gray", "conditions": [
+    {"type": "header", "name": "x-user", "operator": "==", "value": "xiaoming"}]}])
+
+
+@pytest.mark.parametrize("mode", ["sync", "aio"])
+def test_edge_drops_forged_metadata_and_dyes_by_rule(mode):
+    ch = Chain(mode, a_env={"GRAYBAGGAGE_EDGE": "1", "GRAYBAGGAGE_DYE_RULES": DYE_RULE})
+    try:
+        for kind in KINDS:
+            for r in ch.call(kind, [("x-user", "xiaoming")]):
+                assert served(r) == "a[base] -> b[gray] -> c[gray]", (kind, served(r))
+                assert support.chain_of(r)[0]["ctx_lane"] == "gray"
+            for forged in ([("x-mse-tag", "gray")], [("baggage", "x-mse-tag=gray")],
+                           [("x-mse-tag", "gray"), ("x-user", "someone")]):
+                for r in ch.call(kind, forged):
+                    assert served(r) == "a[base] -> b[base] -> c[base]", (kind, forged, served(r))
+                    assert all(h["header"] is None and "x-mse-tag" not in (h["baggage"] or "")
+                               for h in support.chain_of(r)[1:]), r
+    finally:
+        ch.close()
 
 
 def test_gray_target_refusing_connections_falls_back_to_base():

@@ -31,3 +31,14 @@ def record(self, no: int, sent: str | None) -> None:
         "no": no, "sent": sent, "ctx": baggage.get_baggage("x-mse-tag"), "worker": INSTANCE,
         "header": getattr(self.request, "x-mse-tag", None), "baggage": getattr(self.request, "baggage", None),
         "epoch": int(_redis.get("epoch") or 1)}))
+
+
+@app.task(name="lanes.call", bind=True)
+def call(self, no: int, url: str) -> None:
+    """Calls ``url`` (a test hop) and records what it received."""
+    import requests
+
+    got = requests.get(url, timeout=10).json()
+    _redis.rpush("calls", json.dumps({"no": no, "ctx": baggage.get_baggage("x-mse-tag"), "worker": INSTANCE,
+                                      "hop_header": got.get("header"), "hop_baggage": got.get("baggage"),
+                                      "served": got.get("served")}))

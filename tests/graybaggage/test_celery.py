@@ -161,3 +161,60 @@ def test_tasks_follow_their_lane_and_gray_work_returns_to_base_when_the_gray_wor
     print(f"\n{TASKS} tasks from 8 threads: {len(gray_on_gray)} gray tasks on the gray worker and 0 base tasks; "
           f"0 gray tasks on the base worker before the lane went away; {len(gray_after)} gray tasks on base after it "
           f"({n_moved} handed back from tasks-gray when the gray worker stopped); 0 lost, 0 twice")
+
+
+BAD_HEADERS = [
+    ("empty", {"x-mse-tag": ""}),
+    ("64 chars", {"x-mse-tag": "a" * 64}),
+    ("16 KB", {"x-mse-tag": "a" * 16384}),
+    ("uppercase", {"x-mse-tag": "GRAY"}),
+    ("punctuation", {"x-mse-tag": "gray!"}),
+    ("NUL byte", {"x-mse-tag": "gray\x00"}),
+    ("unicode", {"x-mse-tag": "灰度"}),
+    ("looks like a host", {"x-mse-tag": "c-gray.default.svc.cluster.local"}),
+    ("comma list", {"x-mse-tag": "gray,blue"}),
+    ("not a string", {"x-mse-tag": 42}),
+    ("a list", {"x-mse-tag": ["gray"]}),
+    ("baggage uppercase", {"baggage": "x-mse-tag=GRAY"}),
+    ("baggage duplicate key", {"baggage": "x-mse-tag=gray,x-mse-tag=blue"}),
+    ("baggage 200 members", {"baggage": ",".join(f"k{i}=v" for i in range(200)) + ",x-mse-tag=gray"}),
+    ("baggage not a string", {"baggage": {"x-mse-tag": "gray"}}),
+    ("invalid header beats valid baggage", {"x-mse-tag": "GRAY", "baggage": "x-mse-tag=gray"}),
+]
+
+
+def test_bad_task_headers_run_on_base_and_a_task_calls_carry_its_lane(broker, tmp_path):
+    """Task headers sent by hand (a producer without graybaggage): bad values run on base, logged once per kind;
+    a valid lane runs in it, and the task's own HTTP call carries it (both carriers) to the lane's instance."""
+    from celery import Celery
+
+    r = redis.Redis.from_url(broker)
+    with support.services(("c", {"HOP_KIND": "wsgi"}), ("c", {"HOP_KIND": "wsgi", "GRAYBAGGAGE_LANE": "gray"})) as (c, cg):
+        lanes = tmp_path / "lanes.json"
+        lanes.write_text(json.dumps({"version": 1, "lanes": {"gray": {"routes": {
+            f"127.0.0.1:{c.port}": f"127.0.0.1:{cg.port}"}}}}))
+        w = worker("base", broker, tmp_path, {"GRAYBAGGAGE_LANE_TABLE_FILE": str(lanes), "GRAYBAGGAGE_LANES": "gray,blue"})
+        try:
+            app = Celery("sender", broker=broker)
+            app.conf.task_default_queue = "tasks"
+            for no, (_name, headers) in enumerate(BAD_HEADERS):
+                app.send_task("lanes.record", args=(no, None), headers=headers)
+            app.send_task("lanes.record", args=(100, "gray"), headers={"x-mse-tag": "gray"})
+            app.send_task("lanes.record", args=(101, "gray"), headers={"baggage": "k=v,x-mse-tag=gray"})
+            app.send_task("lanes.call", args=(0, c.url + "/x"), headers={"x-mse-tag": "gray"})
+            app.send_task("lanes.call", args=(1, c.url + "/x"))
+            wait_for("every task", lambda: r.llen("results") >= len(BAD_HEADERS) + 2 and r.llen("calls") >= 2,
+                     proc=w.proc, log=w.log)
+        finally:
+            w.stop()
+        records = {x["no"]: x for x in map(json.loads, r.lrange("results", 0, -1))}
+        calls = {x["no"]: x for x in map(json.loads, r.lrange("calls", 0, -1))}
+    for no, (name, _headers) in enumerate(BAD_HEADERS):
+        assert records[no]["ctx"] is None, (name, records[no])
+    assert records[100]["ctx"] == "gray" and records[101]["ctx"] == "gray"
+    assert calls[0]["ctx"] == "gray" and calls[0]["served"] == "c[gray]", calls[0]
+    assert calls[0]["hop_header"] == "gray" and "x-mse-tag=gray" in calls[0]["hop_baggage"], calls[0]
+    assert calls[1]["ctx"] is None and calls[1]["served"] == "c[base]" and calls[1]["hop_header"] is None
+    lines = [ln for ln in w.text().splitlines() if "graybaggage: ignoring a lane in " in ln]
+    assert 4 <= len(lines) == len(set(lines)), lines
+    assert "Traceback" not in w.text(), w.text()[-3000:]

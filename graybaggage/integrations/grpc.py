@@ -438,14 +438,30 @@ class _SyncMulti:
         can_fall_back = _is_connect_failure if blocking_unary else (lambda e: isinstance(e, _NotReady))
         return send(rt.router, route, to_target, to_base, can_fall_back, _strict_error)
 
-    def __call__(self, request: Any, timeout: Any = None, metadata: Any = None, **kw: Any) -> Any:
-        return self._invoke("__call__", request, {"timeout": timeout, "metadata": metadata, **kw})
+    # grpc's multicallable signature; grpc.intercept_channel passes these positionally
+    def __call__(self, request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: Any = None, compression: Any = None, **kw: Any) -> Any:
+        return self._invoke("__call__", request, _kw(timeout, metadata, credentials, wait_for_ready, compression, kw))
 
-    def with_call(self, request: Any, timeout: Any = None, metadata: Any = None, **kw: Any) -> Any:
-        return self._invoke("with_call", request, {"timeout": timeout, "metadata": metadata, **kw})
+    def with_call(self, request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
+                  wait_for_ready: Any = None, compression: Any = None, **kw: Any) -> Any:
+        return self._invoke("with_call", request, _kw(timeout, metadata, credentials, wait_for_ready, compression, kw))
 
-    def future(self, request: Any, timeout: Any = None, metadata: Any = None, **kw: Any) -> Any:
-        return self._invoke("future", request, {"timeout": timeout, "metadata": metadata, **kw})
+    def future(self, request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
+               wait_for_ready: Any = None, compression: Any = None, **kw: Any) -> Any:
+        return self._invoke("future", request, _kw(timeout, metadata, credentials, wait_for_ready, compression, kw))
+
+
+def _kw(timeout: Any, metadata: Any, credentials: Any, wait_for_ready: Any, compression: Any, kw: dict) -> dict:
+    out = {"timeout": timeout, "metadata": metadata}
+    if credentials is not None:
+        out["credentials"] = credentials
+    if wait_for_ready is not None:
+        out["wait_for_ready"] = wait_for_ready
+    if compression is not None:
+        out["compression"] = compression
+    out.update(kw)
+    return out
 
 
 def _sync_classes() -> type:
@@ -652,10 +668,11 @@ class _AioMulti:
         return await send_async(rt.router, route, to_target, to_base, lambda e: isinstance(e, _NotReady),
                                 _strict_error)
 
-    def __call__(self, request: Any, *, timeout: Any = None, metadata: Any = None, **kw: Any) -> Any:
+    def __call__(self, request: Any, *, timeout: Any = None, metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: Any = None, compression: Any = None, **kw: Any) -> Any:
         import grpc
 
-        kw = {"timeout": timeout, "metadata": metadata, **kw}
+        kw = _kw(timeout, metadata, credentials, wait_for_ready, compression, kw)
         rt, lane = _client.current()
         if lane is not None or rt.settings.edge:
             kw["metadata"] = lane_metadata(metadata, lane, rt)

@@ -79,9 +79,10 @@ def served(r: dict) -> str:
     return " -> ".join(h["served"] for h in support.chain_of(r))
 
 
-@pytest.fixture(scope="module", params=["sync", "aio"])
+@pytest.fixture(scope="module", params=["sync/lanes", "aio/lanes", "sync/tracing", "aio/tracing"])
 def chain(request):
-    ch = Chain(request.param)
+    mode, gb_mode = request.param.split("/")
+    ch = Chain(mode, extra_env={"GRAYBAGGAGE_MODE": gb_mode})
     yield ch
     ch.close()
 
@@ -149,9 +150,10 @@ DYE_RULE = json.dumps([{"lane": "gray", "conditions": [
     {"type": "header", "name": "x-user", "operator": "==", "value": "xiaoming"}]}])
 
 
-@pytest.mark.parametrize("mode", ["sync", "aio"])
-def test_edge_drops_forged_metadata_and_dyes_by_rule(mode):
-    ch = Chain(mode, a_env={"GRAYBAGGAGE_EDGE": "1", "GRAYBAGGAGE_DYE_RULES": DYE_RULE})
+@pytest.mark.parametrize("mode,gb_mode", [("sync", "lanes"), ("aio", "lanes"), ("sync", "tracing"), ("aio", "tracing")])
+def test_edge_drops_forged_metadata_and_dyes_by_rule(mode, gb_mode):
+    ch = Chain(mode, extra_env={"GRAYBAGGAGE_MODE": gb_mode},
+               a_env={"GRAYBAGGAGE_EDGE": "1", "GRAYBAGGAGE_DYE_RULES": DYE_RULE})
     try:
         for kind in KINDS:
             for r in ch.call(kind, [("x-user", "xiaoming")]):
@@ -335,3 +337,35 @@ def test_gray_target_killed_mid_run_fails_only_calls_already_sent(mode):
     print(f"\n{mode}: {total} unary calls, b[gray] SIGKILLed after {kill_at}: {len(failed)} failed (sent before the "
           f"kill: {sorted({r['error']['code'] + ' ' + (r['error']['details'] or '')[:60] for r in failed})}), "
           f"{len(after)} after the kill served by base b")
+
+
+@pytest.mark.parametrize("mode", ["sync", "aio"])
+def test_tracing_mode_composes_with_opentelemetry_grpc_instrumentation(mode):
+    """With opentelemetry-instrumentation-grpc loaded (tracing mode, an SDK, console exporter): one client and one
+    server span per call, each stamped with the lane; the lane still routes."""
+    import re
+    import time
+
+    pytest.importorskip("opentelemetry.instrumentation.grpc")
+    ch = Chain(mode, extra_env={"GRAYBAGGAGE_MODE": "tracing", "OTEL_TRACES_EXPORTER": "console",
+                                "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none",
+                                "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    try:
+        for kind in KINDS:
+            for r in ch.call(kind, [("x-mse-tag", "gray")]):
+                assert served(r) == "a[base] -> b[gray] -> c[gray]", served(r)
+
+        def spans(svc: support.Service) -> list[tuple[str, str]]:
+            return re.findall(r'"name": "(/hop\.Hop/\w+)",\s*"context".*?"kind": "SpanKind\.(\w+)"', svc.log, re.S)
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(spans(ch.a)) < 6 or len(spans(ch.b_gray)) < 3):
+            time.sleep(0.1)
+        assert "grpc_client" in ch.a.log and "grpc_server" in ch.a.log  # the contrib instrumentations were loaded
+        assert sorted(spans(ch.a)) == sorted([(f"/hop.Hop/{m}", k) for m in ("Unary", "ServerStream", "Bidi")
+                                              for k in ("CLIENT", "SERVER")]), spans(ch.a)
+        assert sorted(spans(ch.b_gray)) == sorted([(f"/hop.Hop/{m}", "SERVER") for m in ("Unary", "ServerStream", "Bidi")])
+        lanes = re.findall(r'"graybaggage\.lane": "(\w+)"', ch.a.log)
+        assert lanes and set(lanes) == {"gray"}, lanes
+    finally:
+        ch.close()

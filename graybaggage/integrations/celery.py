@@ -97,7 +97,11 @@ def _route_to_lane(amqp: Any, options: dict, lane: str, rt: _runtime.Runtime) ->
 
 
 def _sender(send: Any, amqp: Any) -> Any:
-    def send_task_message(producer: Any, name: Any, message: Any, **options: Any) -> Any:
+    def send_task_message(producer: Any, name: Any, message: Any, *args: Any, **options: Any) -> Any:
+        if args:  # Celery passes options by keyword; another layout: send as the app asked
+            log_once(_logger, "celery-sender-args", "graybaggage: Celery's task sender takes positional options in "
+                     "this version; tasks are sent without lane routing", level=logging.WARNING)
+            return send(producer, name, message, *args, **options)
         try:
             rt, lane = _client.current()
             if lane is not None or rt.settings.edge:
@@ -126,6 +130,15 @@ def _setup_queues(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any
     lane = _runtime.get().settings.instance_lane
     if lane == BASE:
         return result
+    try:
+        _select_lane_queues(instance, lane)
+    except Exception:  # noqa: BLE001 - the worker starts anyway, on the queues it was given
+        _logger.warning("graybaggage: lane %r worker: could not switch to the lane's queues; it consumes the base "
+                        "queues it was given (and so takes base tasks)", lane, exc_info=True)
+    return result
+
+
+def _select_lane_queues(instance: Any, lane: str) -> None:
     queues = instance.app.amqp.queues
     selected = dict(queues.consume_from)
     names = []
@@ -139,7 +152,6 @@ def _setup_queues(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any
     queues.select(names)
     _logger.warning("graybaggage: lane %r worker: consuming %s (not the base queues %s)", lane,
                     ", ".join(names), ", ".join(n for n in selected if n not in names))
-    return result
 
 
 _lane_queues: dict[str, Any] = {}

@@ -398,6 +398,13 @@ class _Routes:
         return out
 
 
+def _cannot_make(route: Any) -> None:
+    from graybaggage._log import log_once
+
+    log_once(_logger, f"grpc-lane-channel:{route.authority}", "graybaggage: cannot open a gRPC channel to lane %r "
+             "target %s; calls stay on %s", route.lane, route.authority, route.destination, level=logging.WARNING)
+
+
 class _SyncMulti:
     """A multicallable that picks, per call, the user's channel or a lane channel."""
 
@@ -423,7 +430,11 @@ class _SyncMulti:
         route = routes.route(lane, rt)
         if route is None:
             return getattr(self._base, attr)(request, **kw)
-        ch, readiness = routes.lane_channel(route, _Readiness)
+        try:
+            ch, readiness = routes.lane_channel(route, _Readiness)
+        except Exception:  # noqa: BLE001 - a lane channel that cannot be made: the call stays on base
+            _cannot_make(route)
+            return getattr(self._base, attr)(request, **kw)
         budget = _wait_budget(kw.get("timeout"))
 
         def to_target() -> Any:
@@ -680,7 +691,11 @@ class _AioMulti:
         route = routes.route(lane, rt)
         if route is None:
             return self._base(request, **kw)
-        ch, _ = routes.lane_channel(route, lambda c: None)
+        try:
+            ch, _ = routes.lane_channel(route, lambda c: None)
+        except Exception:  # noqa: BLE001 - a lane channel that cannot be made: the call stays on base
+            _cannot_make(route)
+            return self._base(request, **kw)
         if ch.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY and not rt.router.is_down(route):
             if self._kind == "unary_unary":
                 return _AioUnaryFallback(self, route, ch, request, kw)

@@ -34,7 +34,7 @@ from graybaggage._patch import wrap
 from graybaggage._request import HeaderMapView
 from graybaggage.integrations import _client
 from graybaggage.integrations._server import _enter
-from graybaggage.lane import baggage_update, header_update, replace_baggage_member
+from graybaggage.lane import baggage_update, get_lane, header_update, replace_baggage_member
 from graybaggage.routing import ROUTED, LaneUnavailableError, send, send_async, strict_error_class
 
 _instruments = ("grpcio >= 1.50, < 2",)
@@ -450,17 +450,31 @@ class _SyncMulti:
         return send(rt.router, route, to_target, to_base, can_fall_back, _strict_error)
 
     # grpc's multicallable signature; grpc.intercept_channel passes these positionally
+    # grpc's multicallable signature; grpc.intercept_channel passes these positionally. A call with no lane
+    # (and not at an edge) goes straight to the user's channel.
     def __call__(self, request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
                  wait_for_ready: Any = None, compression: Any = None, **kw: Any) -> Any:
+        if _no_lane():
+            return self._base(request, timeout, metadata, credentials, wait_for_ready, compression, **kw)
         return self._invoke("__call__", request, _kw(timeout, metadata, credentials, wait_for_ready, compression, kw))
 
     def with_call(self, request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
                   wait_for_ready: Any = None, compression: Any = None, **kw: Any) -> Any:
+        if _no_lane():
+            return self._base.with_call(request, timeout, metadata, credentials, wait_for_ready, compression, **kw)
         return self._invoke("with_call", request, _kw(timeout, metadata, credentials, wait_for_ready, compression, kw))
 
     def future(self, request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
                wait_for_ready: Any = None, compression: Any = None, **kw: Any) -> Any:
+        if _no_lane():
+            return self._base.future(request, timeout, metadata, credentials, wait_for_ready, compression, **kw)
         return self._invoke("future", request, _kw(timeout, metadata, credentials, wait_for_ready, compression, kw))
+
+
+def _no_lane() -> bool:
+    rt = _runtime._runtime or _runtime.get()
+    settings = rt.settings
+    return not settings.edge and get_lane(settings.header) is None
 
 
 def _kw(timeout: Any, metadata: Any, credentials: Any, wait_for_ready: Any, compression: Any, kw: dict) -> dict:

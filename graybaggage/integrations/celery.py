@@ -45,6 +45,21 @@ def lane_queue_name(queue: str, lane: str) -> str:
     return f"{queue}-{lane}"
 
 
+_lane_twins: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def _lane_twin(base: Any, lane: str) -> Any:
+    """:func:`_lane_queue`, remembered per (base queue object, lane) for publishing (kombu objects are costly to
+    build: ~100 k instructions); bounded."""
+    hit = _lane_twins.get((id(base), lane))
+    if hit is not None and hit[0] is base:
+        return hit[1]
+    twin = _lane_queue(base, lane)
+    if len(_lane_twins) < 1024:
+        _lane_twins[(id(base), lane)] = (base, twin)
+    return twin
+
+
 def _lane_queue(base: Any, lane: str) -> Any:
     """A kombu Queue for ``base``'s lane twin: same exchange, routing key ``<key>-<lane>``."""
     from kombu import Queue
@@ -90,7 +105,7 @@ def _route_to_lane(amqp: Any, options: dict, lane: str, rt: _runtime.Runtime) ->
         queue = amqp.queues[queue]
     if not table.lane_has_queue(lane, queue.name):
         return
-    lane_q = _lane_queue(queue, lane)
+    lane_q = _lane_twin(queue, lane)
     options["queue"] = lane_q
     if options.get("routing_key"):
         options["routing_key"] = lane_q.routing_key

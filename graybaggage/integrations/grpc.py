@@ -56,7 +56,19 @@ def lane_metadata(metadata: Any, lane: str | None, rt: _runtime.Runtime) -> Any:
     key = settings.header
     if lane is None and not settings.edge:
         return metadata
-    items = list(metadata) if metadata else []
+    if lane is not None and not metadata:  # the usual call: no metadata of its own
+        fresh = _fresh.get((key, lane, settings.send_header, settings.send_baggage))
+        if fresh is None:
+            fresh = _update([], lane, rt, None) or ()
+            if len(_fresh) < 256:
+                _fresh[(key, lane, settings.send_header, settings.send_baggage)] = fresh
+        return fresh
+    return _update(list(metadata) if metadata else [], lane, rt, metadata)
+
+
+def _update(items: list, lane: str | None, rt: _runtime.Runtime, metadata: Any) -> Any:
+    settings = rt.settings
+    key = settings.header
     cur_header = next((v for k, v in items if k == key), None)
     cur_bag = next((_client.text(v) for k, v in items if k == "baggage"), None)
     if lane is not None:
@@ -77,6 +89,10 @@ def lane_metadata(metadata: Any, lane: str | None, rt: _runtime.Runtime) -> Any:
     if kept_bag:
         items.append(("baggage", kept_bag))
     return tuple(items)
+
+
+_fresh: dict[tuple[str, str, bool, bool], tuple] = {}
+"""The metadata of a lane call that had none, per (key, lane, carriers): built once (lanes are few)."""
 
 
 # -- targets -------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_tasks_follow_their_lane_and_gray_work_returns_to_base_when_the_gray_wor
               "GRAYBAGGAGE_FALLBACK_DOWN_SECONDS": "10"}
     base = worker("base", broker, tmp_path, common)
     # a slow gray worker: tasks are still queued for it when it stops
-    gray = worker("gray", broker, tmp_path, {**common, "GRAYBAGGAGE_LANE": "gray", "TASK_SLEEP": "0.01"}, concurrency=2)
+    gray = worker("gray", broker, tmp_path, {**common, "GRAYBAGGAGE_LANE": "gray", "TASK_SLEEP": "0.03"}, concurrency=2)
     assert "consuming tasks-gray (not the base queues tasks)" in gray.text(), gray.text()[-2000:]
     go = tmp_path / "go"
     producer = Proc("producer", [str(support.BIN / "graybaggage"), "run", "--", str(support.BIN / "python"),
@@ -121,12 +121,13 @@ def test_tasks_follow_their_lane_and_gray_work_returns_to_base_when_the_gray_wor
         half = TASKS // 2
         # mid-run: part of the first half has run, the rest is still queued
         wait_for("a fifth of the tasks to run", lambda: r.llen("results") >= TASKS // 5, proc=base.proc, log=base.log)
-        # the lane goes away: the table first (what the controller publishes), then the gray worker stops
+        # the lane goes away: the table first (what the controller publishes), then the gray worker stops. From
+        # the table change on, a gray task may run on base (epoch 2); before it, never.
+        r.set("epoch", 2)
         lanes.write_text(table(2, gray_queue=False))
         for p in (producer, gray):
             wait_for(f"{p.log.stem} to load revision 2",
                      lambda p=p: '"revision": "2"' in (status_revision(p.proc.pid, status) or ""), log=p.log)
-        r.set("epoch", 2)  # from here a gray task may run on base (the lane is going away)
         gray.stop(signal.SIGTERM)
         assert gray.proc.returncode == 0, gray.text()[-3000:]
         wait_for("the producer's first half", lambda: "sent-1" in producer.text(), proc=None, log=producer.log)

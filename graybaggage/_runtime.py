@@ -34,7 +34,16 @@ def _load_rules_text(text: str) -> Any:
 
 def table_source(settings: config.Settings) -> Source[LaneTable]:
     """The one active lane-table source, chosen by precedence (see docs/lane-table.md)."""
-    parse: Callable[[str], LaneTable] = lambda text: load_table_text(text, settings.namespace)  # noqa: E731
+    def parse(text: str) -> LaneTable:
+        table = load_table_text(text, settings.namespace)
+        if table.ignored:
+            from graybaggage._log import log_once
+
+            log_once(_logger, "table-ignored:" + ",".join(table.ignored),
+                     "graybaggage: lane table fields this version does not know are ignored: %s",
+                     ", ".join(table.ignored))
+        return table
+
     kind = settings.table_source
     if kind == "env":
         return StaticSource(settings.table_json or "", parse, EMPTY, config.GRAYBAGGAGE_LANE_TABLE)

@@ -91,7 +91,7 @@ _TRACING_ENV = (
 
 DEFAULT_HEADER = "x-mse-tag"
 INTEGRATIONS = ("flask", "django", "starlette", "uvicorn", "wsgi_servers", "requests", "urllib3", "urllib", "httpx",
-                "aiohttp")
+                "aiohttp", "grpc", "celery")
 """Names accepted by ``GRAYBAGGAGE_DISABLED_INTEGRATIONS`` (graybaggage.integrations.ALL)."""
 DEFAULT_CONFIGMAP = "graybaggage-lanes"
 _SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"

@@ -61,8 +61,8 @@ def _warn_user_propagators(settings: config.Settings, mode: str | None) -> None:
                if "baggage" in names else "no lane")
     warn_once(_logger,
               f"graybaggage: OTEL_PROPAGATORS={settings.user_propagators} has no 'graybaggage': inbound lanes are kept "
-              "(graybaggage decides once per request) and graybaggage's own HTTP hooks carry the lane on outbound "
-              "calls, but calls made through other OpenTelemetry instrumentations (gRPC, messaging, manual inject) "
+              "(graybaggage decides once per request) and graybaggage's own HTTP, gRPC and Celery hooks carry the lane on outbound "
+              "calls, but calls made through other OpenTelemetry instrumentations (messaging other than Celery, manual inject) "
               f"carry {carried}. Add ',graybaggage' (last) to carry it everywhere",
               level=logging.WARNING if mode == "tracing" else logging.INFO)
 

@@ -16,7 +16,9 @@ FORMAT_VERSION = 1
 FALLBACK_MODES = ("base", "strict")
 CLUSTER_DOMAIN = "cluster.local"
 _ALLOWED_TOP = {"version", "namespace", "revision", "lanes"}
-_ALLOWED_LANE = {"fallback", "routes", "entry"}
+_ALLOWED_LANE = {"fallback", "routes", "entry", "queues"}
+QUEUES_VERSION = 1
+"""The version of ``lanes.<tag>.queues`` this reader understands; a field of another version is ignored."""
 
 
 _MISS = object()
@@ -136,13 +138,17 @@ class Lane:
     routes: Mapping[tuple[object, int | None], _Target]
     raw_routes: Mapping[str, str]
     entry: Any = None
+    queues: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 class LaneTable:
     """An immutable, validated lane table with O(1) route decisions."""
 
-    def __init__(self, lanes: Mapping[str, Lane], namespace: str | None, revision: str | None, raw: Mapping[str, Any]):
+    def __init__(self, lanes: Mapping[str, Lane], namespace: str | None, revision: str | None, raw: Mapping[str, Any],
+                 ignored: tuple[str, ...] = ()):
         self.lanes = dict(lanes)
+        self.ignored = ignored
+        """Fields this reader does not know (newer optional fields), ignored; the source logs them once."""
         self.namespace = namespace
         self.revision = revision
         # ``raw`` (the decoded document) is not kept: ``raw_routes`` has what describe() shows
@@ -200,6 +206,16 @@ class LaneTable:
         return Route(lane, f"{host}:{port}" if port is not None else host, t_host,
                      target.port if target.port is not None else port, entry.fallback)
 
+    def has_queues(self, lane: str) -> bool:
+        """True when ``lane`` names any task queue its workers consume (``lanes.<tag>.queues``)."""
+        entry = self.lanes.get(lane)
+        return entry is not None and bool(entry.queues)
+
+    def lane_has_queue(self, lane: str, queue: str, kind: str = "celery") -> bool:
+        """True when ``lane`` has a ``kind`` worker consuming the lane twin of ``queue``."""
+        entry = self.lanes.get(lane)
+        return entry is not None and queue in entry.queues.get(kind, ())
+
     def entry_rules(self) -> list[tuple[str, Any]]:
         """``(lane, entry)`` pairs for lanes that carry entry dye rules, in lane-name order."""
         return [(name, lane.entry) for name, lane in sorted(self.lanes.items()) if lane.entry]
@@ -242,15 +258,16 @@ def parse_table(data: Any, default_namespace: str = "default") -> LaneTable:
     table_ns = namespace or default_namespace
     lanes: dict[str, Lane] = {}
     dest_keys: dict[str, tuple[object, int | None]] = {}
+    ignored: list[str] = []
     for name, spec in lanes_in.items():
         where = f"lanes.{name}"
         if not is_valid_lane(name):
             raise TableError(f"{where}: {name!r} is not a valid lane (DNS-1123 label, at most 63 characters)")
         if not isinstance(spec, Mapping):
             raise TableError(f"{where}: expected an object")
-        unknown = set(spec) - _ALLOWED_LANE
-        if unknown:
-            raise TableError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+        # Unknown lane fields are optional fields added by a newer format revision: ignored (and reported),
+        # so a controller can publish them before every reader knows them.
+        ignored += [f"{where}.{f}" for f in sorted(map(str, set(spec) - _ALLOWED_LANE))]
         fallback = spec.get("fallback", "base")
         if fallback not in FALLBACK_MODES:
             raise TableError(f"{where}.fallback: {fallback!r} is not one of {', '.join(FALLBACK_MODES)}")
@@ -276,8 +293,33 @@ def parse_table(data: Any, default_namespace: str = "default") -> LaneTable:
         entry = spec.get("entry")
         if entry is not None and not isinstance(entry, Mapping):
             raise TableError(f"{where}.entry: expected an object")
-        lanes[name] = Lane(name, fallback, routes, dict(routes_in), entry)
-    return LaneTable(lanes, namespace, None if revision is None else str(revision), data)
+        queues = _parse_queues(spec.get("queues"), f"{where}.queues", ignored)
+        lanes[name] = Lane(name, fallback, routes, dict(routes_in), entry, queues)
+    return LaneTable(lanes, namespace, None if revision is None else str(revision), data, tuple(ignored))
+
+
+def _parse_queues(value: Any, where: str, ignored: list[str]) -> dict[str, frozenset[str]]:
+    """``lanes.<tag>.queues``: ``{"version": 1, "celery": ["<queue>", ...]}``: the lane has workers consuming
+    ``<queue>-<tag>``. Another version is ignored (and reported): producers then keep the base queues."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TableError(f"{where}: expected an object")
+    version = value.get("version")
+    if version != QUEUES_VERSION or isinstance(version, bool):
+        ignored.append(f"{where} (version {version!r}; this reader knows {QUEUES_VERSION})")
+        return {}
+    out: dict[str, frozenset[str]] = {}
+    for kind, names in value.items():
+        if kind == "version":
+            continue
+        if kind != "celery":
+            ignored.append(f"{where}.{kind}")
+            continue
+        if not isinstance(names, list) or not all(isinstance(n, str) and n and len(n) <= 255 for n in names):
+            raise TableError(f"{where}.{kind}: expected a list of queue names")
+        out[kind] = frozenset(names)
+    return out
 
 
 def load_table_text(text: str, default_namespace: str = "default") -> LaneTable:

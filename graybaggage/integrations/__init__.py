@@ -8,6 +8,7 @@ Each integration module declares, in one place:
   requirement applies to the targets whose top-level module is the distribution's name (``urllib3.*``).
 - ``_internals``: ``{target module: ("Class.attr", ...)}``, the library internals the patch needs.
 - ``_lost``: what the application loses when the integration stays off.
+- ``_distribution`` (optional): the distribution of a top-level module named otherwise (``grpc`` -> ``grpcio``).
 
 Before patching a target, :func:`check` compares the installed version with ``_instruments`` and looks up
 every internal; when one fails, one log line names the library, its version and what is lost, and the
@@ -20,6 +21,7 @@ import importlib
 import logging
 from types import ModuleType
 from typing import Any, Callable
+import sys
 
 from graybaggage import _patch
 from graybaggage._log import warn_once
@@ -28,7 +30,9 @@ _logger = logging.getLogger(__name__)
 
 SERVERS = ("flask", "django", "starlette", "uvicorn", "wsgi_servers")
 CLIENTS = ("requests", "urllib3", "urllib", "httpx", "aiohttp")
-ALL = SERVERS + CLIENTS
+RPC = ("grpc", "celery")
+"""Both sides of a call (or a task) in one module."""
+ALL = SERVERS + CLIENTS + RPC
 
 
 def installed_version(dist: str) -> str | None:
@@ -58,7 +62,8 @@ def check(integration: ModuleType, target: str, module: Any) -> str | None:
     """Why ``integration`` must not patch ``module`` (imported as ``target``): a complete log line, or None."""
     name = integration.__name__.rsplit(".", 1)[-1]
     lost = getattr(integration, "_lost", f"lanes on {name}")
-    top = target.split(".", 1)[0].lower().replace("_", "-")
+    top = target.split(".", 1)[0]
+    top = getattr(integration, "_distribution", {}).get(top, top).lower().replace("_", "-")
     for spec in getattr(integration, "_instruments", ()):
         try:
             from packaging.requirements import Requirement
@@ -116,4 +121,12 @@ def install(disabled: frozenset[str] = frozenset()) -> list[str]:
 
 def uninstall() -> int:
     _patch.set_hooks_active(False)
+    for name in ALL:  # integrations that hook more than wrappers (signal receivers) undo that too
+        mod = sys.modules.get(f"graybaggage.integrations.{name}")
+        unpatch = getattr(mod, "unpatch", None)
+        if unpatch is not None:
+            try:
+                unpatch()
+            except Exception:
+                _logger.warning("graybaggage: integration %s failed to unpatch", name, exc_info=True)
     return _patch.unwrap_all()

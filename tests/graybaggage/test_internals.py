@@ -204,3 +204,24 @@ def test_a_server_whose_framework_moved_still_serves(monkeypatch, caplog):
         assert len(lines) == 1 and "stays off" in lines[0], lines
     finally:
         graybaggage.uninstrument()
+
+
+@pytest.mark.parametrize("name,target,dist", [
+    ("grpc", "grpc", "grpcio"),            # module named otherwise than its distribution (_distribution)
+    ("celery", "celery.app.amqp", "celery"),
+    ("celery", "celery.worker.worker", "celery"),
+    ("requests", "requests.adapters", "requests"),
+])
+def test_the_version_check_names_the_distribution(name, target, dist, monkeypatch):
+    """An unsupported installed version turns the integration off, naming the distribution that was checked
+    (grpc's is grpcio: without the mapping the check would silently pass)."""
+    import importlib
+
+    mod = importlib.import_module(f"graybaggage.integrations.{name}")
+    lib = importlib.import_module(target)
+    assert integrations.check(mod, target, lib) is None
+    real = integrations.installed_version
+    monkeypatch.setattr(integrations, "installed_version", lambda d: "0.1" if d == dist else real(d))
+    problem = integrations.check(mod, target, lib)
+    assert problem is not None and f"{dist} 0.1 is not a supported version" in problem, problem
+    assert f"the {name} integration stays off" in problem

@@ -22,6 +22,10 @@ GOOD = [
     table({"127.0.0.1:8003": "127.0.0.1:8013", "[::1]:80": "[::1]:81"}),
     {"version": 1, "lanes": {}},
     table({}, entry={"rules": []}),
+    table({}, queues={"version": 1, "celery": ["celery", "emails"]}),
+    table({}, queues={"version": 2, "celery": {"some": "future shape"}}),  # another version: ignored
+    table({}, queues={"version": 1, "rq": ["default"]}),  # a kind this reader does not know: ignored
+    table({}, mirror={"percent": 5}),  # an optional lane field added later: ignored
 ]
 BAD = [
     ({"version": 2, "lanes": {}}, "version"),
@@ -33,9 +37,37 @@ BAD = [
     (table({"a:99999": "x"}), "port"),
     (table({"a": "x y"}), "target"),
     ({"version": 1, "lanes": {"gray": {}}}, "lanes.gray.routes"),
-    ({"version": 1, "lanes": {"gray": {"routes": {}, "extra": 1}}}, "unknown field"),
     ({"version": 1, "lanes": {}, "surprise": True}, "unknown field"),
+    (table({}, queues=["celery"]), "lanes.gray.queues"),
+    (table({}, queues={"version": 1, "celery": "celery"}), "lanes.gray.queues.celery"),
+    (table({}, queues={"version": 1, "celery": [""]}), "lanes.gray.queues.celery"),
 ]
+
+
+QUEUES = [
+    # (lanes.gray.queues, lane, queue, lane_has_queue, ignored)
+    (None, "gray", "celery", False, ()),
+    ({"version": 1, "celery": ["celery"]}, "gray", "celery", True, ()),
+    ({"version": 1, "celery": ["celery"]}, "gray", "emails", False, ()),
+    ({"version": 1, "celery": ["celery"]}, "blue", "celery", False, ()),
+    ({"version": 1, "celery": []}, "gray", "celery", False, ()),
+    ({"version": 2, "celery": ["celery"]}, "gray", "celery", False,
+     ("lanes.gray.queues (version 2; this reader knows 1)",)),
+    ({"version": 1, "rq": ["celery"]}, "gray", "celery", False, ("lanes.gray.queues.rq",)),
+]
+
+
+@pytest.mark.parametrize("queues,lane,queue,expected,ignored", QUEUES)
+def test_lane_queues(queues, lane, queue, expected, ignored):
+    t = parse_table(table({"a": "a-gray"}, **({"queues": queues} if queues is not None else {})))
+    assert t.lane_has_queue(lane, queue) is expected
+    assert t.ignored == ignored
+
+
+def test_unknown_lane_fields_are_ignored_and_named():
+    t = parse_table(table({"a": "a-gray"}, zeta=1, alpha={"x": 1}))
+    assert t.ignored == ("lanes.gray.alpha", "lanes.gray.zeta")
+    assert t.decide("gray", "a", 80) is not None  # the rest of the table is in force
 
 
 @pytest.mark.parametrize("data", GOOD)

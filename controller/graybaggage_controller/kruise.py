@@ -34,6 +34,8 @@ Obj = dict[str, Any]
 GROUP = "rollouts.kruise.io"
 TRAFFIC_ROUTING_ANN = "rollouts.kruise.io/trafficrouting"
 CANARY_DEPLOYMENT_LABEL = "rollouts.kruise.io/canary-deployment"
+#: Kruise's webhook labels the base Deployment with it (and pauses it) when its template changes
+STABLE_REVISION_LABEL = "rollouts.kruise.io/stable-revision"
 PROGRESSING_FINALIZER = "progressing.rollouts.kruise.io/"
 #: on the lane Services graybaggage makes for a Rollout (value: the Rollout's name)
 ROLLOUT_LABEL = "graybaggage.io/kruise-rollout"
@@ -277,17 +279,21 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
             continue
         left = canary_pods_left(base, replicasets, pods)
         stable = stable_hash(w, replicasets)
+        # paused by Kruise's webhook on a new template: the canary is coming, pin before its first pod
+        coming = bool((base.get("spec") or {}).get("paused")) and bool(
+            (_meta(base).get("labels") or {}).get(STABLE_REVISION_LABEL))
+        busy = canary is not None or left > 0 or coming
         for svc in svcs:
             sname = _meta(svc)["name"]
             pinned_by = (_meta(svc).get("annotations") or {}).get(n.PINNED_BY_ANN)
             if pinned_by and not pinned_by.startswith(PIN_PREFIX):
                 continue          # a GrayRelease's pin: not ours
-            if (canary is not None or left) and stable:
+            if busy and stable:
                 patch = d.pin_patch(svc, stable, PIN_PREFIX + name)
                 pinned_by_us.add(sname)
                 if patch:
                     pins[sname] = patch
-            elif pinned_by and (canary is not None or left):
+            elif pinned_by and busy:
                 pinned_by_us.add(sname)     # keep the pin until a stable ReplicaSet has a ready pod again
 
     # unpin base Services we pinned that no Rollout wants pinned any more

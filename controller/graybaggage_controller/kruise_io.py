@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from . import desired as d
@@ -35,6 +36,8 @@ class KruiseMode:
         self._managed: dict[str, dict[str, str]] = {}
         self._served: str | None = None
         self._guard = threading.Lock()
+        self._dirty: set[str] = set()
+        self._draining: set[str] = set()
 
     # ---------------------------------------------------------------- reads
     def served_version(self) -> str | None:
@@ -103,6 +106,34 @@ class KruiseMode:
         """Deployment -> Rollout for a namespace (read now; {} when Kruise is not served)."""
         seen = self.observe(namespace)
         return k.managed_deployments(seen["rollouts"]) if seen else {}
+
+    # ---------------------------------------------------------------- coalescing
+    def poke(self, namespace: str) -> None:
+        """Ask for a pass of `namespace` soon. Watch events come in storms (ReplicaSets, Deployments, Rollout
+        status during a promotion); one worker per namespace runs passes back to back while new events came
+        in, so a pass always starts from a view newer than the last event, and the base pin follows a new
+        ReplicaSet within about one pass instead of behind a queue of stale ones."""
+        with self._guard:
+            self._dirty.add(namespace)
+            if namespace in self._draining:
+                return
+            self._draining.add(namespace)
+        threading.Thread(target=self._drain, args=(namespace,), name=f"kruise-{namespace}", daemon=True).start()
+
+    def _drain(self, namespace: str) -> None:
+        while True:
+            with self._guard:
+                if namespace not in self._dirty:
+                    self._draining.discard(namespace)
+                    return
+                self._dirty.discard(namespace)
+            try:
+                self.reconcile(namespace)
+            except Exception:
+                log.exception("Kruise mode pass for %s failed; retrying", namespace)
+                time.sleep(1.0)
+                with self._guard:
+                    self._dirty.add(namespace)
 
     # ---------------------------------------------------------------- the pass
     def reconcile(self, namespace: str) -> k.Plan | None:

@@ -202,7 +202,7 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
     def _kruise_pass(namespace: str) -> None:
         if leading() and namespace:
             kruise_namespaces.add(namespace)
-            kruise.reconcile(namespace)
+            kruise.poke(namespace)
 
     @kopf.on.event(kr_pure.GROUP, "v1beta1", "rollouts", registry=registry)
     def _kruise_rollout_event(namespace: str, **_: Any) -> None:
@@ -215,6 +215,12 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
     @kopf.on.event("apps", "v1", "deployments", labels={kr_pure.CANARY_DEPLOYMENT_LABEL: kopf.PRESENT},
                    registry=registry)
     def _kruise_canary_event(namespace: str, **_: Any) -> None:
+        _kruise_pass(namespace)
+
+    # a base Deployment Kruise's webhook just paused on a new template: pin before the canary's first pod
+    @kopf.on.event("apps", "v1", "deployments", labels={kr_pure.STABLE_REVISION_LABEL: kopf.PRESENT},
+                   registry=registry)
+    def _kruise_base_event(namespace: str, **_: Any) -> None:
         _kruise_pass(namespace)
 
     # base ReplicaSets: the pin follows the newest ready one during promotion

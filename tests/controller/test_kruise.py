@@ -40,11 +40,13 @@ def traffic_routing(name="higress-traffic", members=("rollout-a",), header=("x-m
             "spec": {"objectRef": [{"service": "spring-cloud-a"}], "strategy": strategy}}
 
 
-def deployment(name="spring-cloud-a", app=None, canary_of=None):
+def deployment(name="spring-cloud-a", app=None, canary_of=None, paused_by_kruise=False):
     app = app or (canary_of or name)
     labels = {k.CANARY_DEPLOYMENT_LABEL: canary_of} if canary_of else {}
+    if paused_by_kruise:
+        labels[k.STABLE_REVISION_LABEL] = "stable1"
     return {"metadata": {"name": name, "namespace": NS, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"selector": {"matchLabels": {"app": app}},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "paused": paused_by_kruise,
                      "template": {"metadata": {"labels": {"app": app}}}}}
 
 
@@ -183,6 +185,10 @@ PIN_STABLE = {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: "stable1"}
     ("pinned by a GrayRelease: not ours to touch", {"svcs": [service(pinned_by="my-release")]}, None),
     ("no canary and no canary pod: unpin", dict(NO_CANARY, svcs=[service(pinned_by="kruise:rollout-a")]),
      {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: None}),
+    ("Kruise's webhook paused the base on a new template, no canary yet: pin already",
+     dict(NO_CANARY, deploys=[deployment(paused_by_kruise=True)]), PIN_STABLE),
+    ("paused by someone else (no stable-revision label), no canary: no pin",
+     dict(NO_CANARY, deploys=[dict(deployment(), spec=dict(deployment()["spec"], paused=True))]), None),
     ("canary Deployment gone but a canary pod left: stay pinned",
      dict(NO_CANARY, pods=[pod("a-1", "spring-cloud-a-stable1", h="stable1"), pod("a-g", "gone-rs", h="c0ffee")],
           svcs=[service(pinned_by="kruise:rollout-a")]), None),

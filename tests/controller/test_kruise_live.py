@@ -72,7 +72,9 @@ class Recorder:
         self.threads = []
         for kind, fn in (("EndpointSlice", client.DiscoveryV1Api(self.api).list_namespaced_endpoint_slice),
                          ("Deployment", client.AppsV1Api(self.api).list_namespaced_deployment),
-                         ("ConfigMap", client.CoreV1Api(self.api).list_namespaced_config_map)):
+                         ("ConfigMap", client.CoreV1Api(self.api).list_namespaced_config_map),
+                         ("Service", client.CoreV1Api(self.api).list_namespaced_service),
+                         ("ReplicaSet", client.AppsV1Api(self.api).list_namespaced_replica_set)):
             w = watch.Watch()
             self.watches.append(w)
             t = threading.Thread(target=self._run, args=(w, kind, fn), daemon=True)
@@ -96,6 +98,39 @@ class Recorder:
     def ordered(self, kind: str):
         with self.lock:
             return [(rv, o) for rv, kk, o in sorted(self.events, key=lambda e: e[0]) if kk == kind]
+
+    def timeline(self, app: str) -> str:
+        """One line per event about `app` (for a failure message)."""
+        lines = []
+        with self.lock:
+            evs = sorted(self.events, key=lambda e: e[0])
+        for rv, kind, o in evs:
+            name = o["metadata"]["name"]
+            if not name.startswith(app):
+                continue
+            if kind == "EndpointSlice":
+                what = [((e.get("conditions") or {}).get("ready"), (e.get("targetRef") or {}).get("name"))
+                        for e in o.get("endpoints") or []]
+            elif kind == "Service":
+                what = o["spec"].get("selector")
+            elif kind == "ReplicaSet":
+                what = (o["spec"].get("replicas"), (o.get("status") or {}).get("readyReplicas"))
+            elif kind == "Deployment":
+                what = (o["spec"].get("paused"), o["spec"].get("replicas"), (o.get("status") or {}).get("readyReplicas"))
+            else:
+                continue
+            lines.append(f"{rv} {o['type']} {kind}/{name} {what}")
+        return "\n".join(lines)
+
+    def pods_in(self, service: str) -> set[str]:
+        """Every pod any EndpointSlice of `service` ever listed."""
+        return {(e.get("targetRef") or {}).get("name") for _rv, o in self.ordered("EndpointSlice")
+                if (o["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == service
+                for e in o.get("endpoints") or []}
+
+    def canaries(self, app: str) -> set[str]:
+        return {o["metadata"]["name"] for _rv, o in self.ordered("Deployment")
+                if (o["metadata"].get("labels") or {}).get(k.CANARY_DEPLOYMENT_LABEL) == app}
 
     def ready_endpoints(self, service: str) -> list[int]:
         """Ready endpoints of `service` after each of its EndpointSlice events, in order."""
@@ -195,7 +230,7 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         assert left < resumed, (left, resumed, seq)
         # the a Service never had 0 ready endpoints (from the first event on)
         counts = rec.ready_endpoints("spring-cloud-a")
-        assert counts and min(counts) >= 1, counts
+        assert counts and min(counts) >= 1, f"{counts}\n{rec.timeline('spring-cloud-a')}"
 
         # ---- roll back c
         set_image(k8s_cluster, ns, "spring-cloud-c", OLD)
@@ -205,6 +240,12 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         counts_c = rec.ready_endpoints("spring-cloud-c")
         assert counts_c and min(counts_c) >= 1, counts_c
 
+        # the base Services never listed a canary pod, from set image to the end
+        for app in ("spring-cloud-a", "spring-cloud-c"):
+            canaries = rec.canaries(app)
+            assert canaries
+            leaked = {p for p in rec.pods_in(app) if any(p.startswith(c + "-") for c in canaries)}
+            assert not leaked, f"{app}: {leaked}\n{rec.timeline(app)}"
         b = gb_kube.get("Deployment", ns, "spring-cloud-b")
         assert b["spec"] == b_before["spec"] and b["metadata"]["generation"] == b_before["metadata"]["generation"]
         assert "spring-cloud-b" not in [o["metadata"]["name"] for _, o in rec.ordered("Deployment")

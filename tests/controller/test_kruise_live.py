@@ -206,7 +206,9 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         assert gb_kube.get("Service", ns, "spring-cloud-b-gray") is None
         assert gb_kube.get("Service", ns, "spring-cloud-b")["spec"]["selector"] == {"app": "spring-cloud-b"}
 
-        # ---- approve a (what `kubectl-kruise rollout approve` does)
+        # ---- approve a (what `kubectl-kruise rollout approve` does: only from StepPaused)
+        wait_for(lambda: rollout(k8s_cluster, ns, "rollout-a")["status"]["canaryStatus"].get("currentStepState")
+                 == "StepPaused", 120, "rollout-a StepPaused")
         kc("patch", RV1B1, "rollout-a", "-n", ns, "--subresource=status", "--type=merge",
            "-p", '{"status":{"canaryStatus":{"currentStepState":"StepReady"}}}')
         wait_for(lambda: routes(gb_kube, ns) == {"spring-cloud-c": "spring-cloud-c-gray"}, 120, "lane table {c}")

@@ -12,9 +12,11 @@ of one namespace, `plan()` derives what graybaggage adds so the seed's lanes wor
 - the lane-table routes `<svc> -> <svc>-<tag>` once the canary has a ready pod, and not any more once the
   Rollout is Finalising / Cancelling / Completed or (TrafficRouting mode) its progressing finalizer left
   the TrafficRouting: Kruise resumes the base only after that, so the lane leaves the table first;
-- base Services pinned to the newest base ReplicaSet with a ready pod while any canary pod exists (Kruise's
-  TrafficRouting mode leaves them selecting the canary pods too), unpinned once no canary pod is left; never
-  pinned when the Rollout itself has `trafficRoutings` (Kruise pins then).
+- base Services pinned to the newest base ReplicaSet with a ready pod from the moment Kruise's webhook pauses the
+  base on a new template while any canary pod exists (Kruise's TrafficRouting mode leaves them selecting the
+  canary pods too); unpinned once no canary pod is left, or as soon as Kruise resumes the base to promote (so
+  the rolling base can never leave the Service empty); never pinned when the Rollout itself has
+  `trafficRoutings` (Kruise pins then).
 
 Nothing here writes Kruise's objects: never the Deployment's pause, never the canary's template (Kruise finds
 its canary by template equality).
@@ -252,7 +254,13 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
         svcs = d.workload_services(user_svcs, pod_labels)
 
         finalizer_ok = tr is None or (PROGRESSING_FINALIZER + name) in (_meta(tr).get("finalizers") or [])
-        leaving = reason in LEAVING_REASONS
+        steps = canary_strategy(r).get("steps") or []
+        # approved on the last step: Kruise finalises next (v0.5.0 resumes the base right away), leave now
+        approved_last = (cs.get("currentStepState") in ("StepReady", "Completed")
+                         and int(cs.get("currentStepIndex") or 0) >= len(steps) > 0)
+        leaving = reason in LEAVING_REASONS or approved_last
+        if approved_last and reason not in LEAVING_REASONS:
+            reason = "Approved"
         if canary is not None and chash:
             for svc in svcs:
                 body = lane_service(svc, name, tag, chash)
@@ -283,6 +291,12 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
         coming = bool((base.get("spec") or {}).get("paused")) and bool(
             (_meta(base).get("labels") or {}).get(STABLE_REVISION_LABEL))
         busy = canary is not None or left > 0 or coming
+        # promotion: once Kruise resumed the base (approved; not a rollback), let go of the pin. Following the
+        # newest ready base ReplicaSet lost the race on a loaded machine (the deployment controller emptied the
+        # old ReplicaSet before our pass moved the pin: 0 endpoints); unpinned, the Service keeps the old and
+        # new base pods and, until Kruise deletes it, the canary, which runs the version being promoted
+        if reason in ("Finalising", "Completed", "Approved") and not (base.get("spec") or {}).get("paused"):
+            busy = False
         for svc in svcs:
             sname = _meta(svc)["name"]
             pinned_by = (_meta(svc).get("annotations") or {}).get(n.PINNED_BY_ANN)

@@ -11,7 +11,7 @@ NS = "default"
 
 
 def rollout(name="rollout-a", deploy="spring-cloud-a", *, tr="higress-traffic", v1beta1=True, reason="Paused",
-            ready=1, chash="c0ffee", labels=None, traffic_routings=None, ref=None):
+            ready=1, chash="c0ffee", labels=None, traffic_routings=None, ref=None, step=1, state="StepPaused"):
     spec = {"strategy": {"canary": {"steps": [{"pause": {}, "replicas": 1}],
                                     "patchPodTemplateMetadata": {"labels": labels if labels is not None else {
                                         "alicloud.service.tag": "gray", "opensergo.io/canary-gray": "gray"}}}}}
@@ -27,7 +27,8 @@ def rollout(name="rollout-a", deploy="spring-cloud-a", *, tr="higress-traffic", 
     r = {"metadata": {"name": name, "namespace": NS, "annotations": {k.TRAFFIC_ROUTING_ANN: tr} if tr else {}},
          "spec": spec, "status": {"phase": "Progressing",
                                   "conditions": [{"type": "Progressing", "reason": reason}] if reason else [],
-                                  "canaryStatus": {"podTemplateHash": chash, "canaryReadyReplicas": ready}}}
+                                  "canaryStatus": {"podTemplateHash": chash, "canaryReadyReplicas": ready,
+                                                   "currentStepIndex": step, "currentStepState": state}}}
     return r
 
 
@@ -134,6 +135,10 @@ def test_workload_name(rule, ro, want):
     ("no ready canary pod yet: not yet", {"rollouts": [rollout(ready=0)]}, False, "CanaryNotReady"),
     ("Finalising (approved): out before Kruise resumes the base", {"rollouts": [rollout(reason="Finalising")]},
      False, "Finalising"),
+    ("approved on the last step (StepReady), before Kruise says Finalising: out",
+     {"rollouts": [rollout(state="StepReady")]}, False, "Approved"),
+    ("StepReady on an earlier step: still a member", {"rollouts": [rollout(state="StepReady", step=0)]}, True,
+     "Member"),
     ("Cancelling (rolled back): out", {"rollouts": [rollout(reason="Cancelling")]}, False, "Cancelling"),
     ("Completed: out", {"rollouts": [rollout(reason="Completed")]}, False, "Completed"),
     ("finalizer gone from the TrafficRouting: out", {"trs": [traffic_routing(members=())]}, False,
@@ -200,6 +205,16 @@ PIN_STABLE = {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: "stable1"}
      {"rss": [rs("spring-cloud-a-stable1", "spring-cloud-a", "stable1"),
               rs("spring-cloud-a-new2", "spring-cloud-a", "new2", ready=0, created="2026-01-02T00:00:00Z")],
       "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
+    ("approved and Kruise resumed the base: unpin (a rolling base must never empty the Service)",
+     {"rollouts": [rollout(reason="Finalising")], "svcs": [service(pinned_by="kruise:rollout-a")]},
+     {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: None}),
+    ("approved but the base still paused: stay pinned",
+     {"rollouts": [rollout(reason="Finalising")], "deploys": [deployment(paused_by_kruise=True),
+                                                              deployment("spring-cloud-a-2h5kc",
+                                                                         canary_of="spring-cloud-a")],
+      "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
+    ("rolled back (Cancelling), base resumed: stay pinned while canary pods run",
+     {"rollouts": [rollout(reason="Cancelling")], "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
     ("no base ReplicaSet with a ready pod: keep the pin as it is",
      {"rss": [rs("spring-cloud-a-stable1", "spring-cloud-a", "stable1", ready=0)],
       "svcs": [service(pinned_by="kruise:rollout-a")]}, None),

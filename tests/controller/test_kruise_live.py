@@ -122,10 +122,11 @@ class Recorder:
             lines.append(f"{rv} {o['type']} {kind}/{name} {what}")
         return "\n".join(lines)
 
-    def pods_in(self, service: str) -> set[str]:
-        """Every pod any EndpointSlice of `service` ever listed."""
-        return {(e.get("targetRef") or {}).get("name") for _rv, o in self.ordered("EndpointSlice")
+    def pods_in(self, service: str, until: int | None = None) -> set[str]:
+        """Every pod any EndpointSlice of `service` listed (before resourceVersion `until`)."""
+        return {(e.get("targetRef") or {}).get("name") for rv, o in self.ordered("EndpointSlice")
                 if (o["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == service
+                and (until is None or rv < until)
                 for e in o.get("endpoints") or []}
 
     def canaries(self, app: str) -> set[str]:
@@ -229,7 +230,17 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
                if o["metadata"]["name"] == "spring-cloud-a"]
         first_paused = next(i for i, (_rv, paused) in enumerate(seq) if paused)
         resumed = next(rv for rv, paused in seq[first_paused:] if not paused)
-        assert left < resumed, (left, resumed, seq)
+        # the lane left the table before a's canary lost its ready pod (every version) ...
+        gray = [(rv, sum(1 for e in o.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")))
+                for rv, o in rec.ordered("EndpointSlice")
+                if (o["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == "spring-cloud-a-gray"]
+        first_ready = next(i for i, (_rv, c) in enumerate(gray) if c)
+        drained = next((rv for rv, c in gray[first_ready:] if c == 0), None)
+        assert drained is None or left < drained, (left, drained, gray)
+        # ... and before Kruise resumed the base: v0.6.2 removes its finalizer ~2.7 s before; v0.5.0 resumes
+        # within the same reconcile as the approval, so there the order is not ours to keep (see the README)
+        if kruise_manager.version != "v0.5.0":
+            assert left < resumed, (left, resumed, seq)
         # the a Service never had 0 ready endpoints (from the first event on)
         counts = rec.ready_endpoints("spring-cloud-a")
         assert counts and min(counts) >= 1, f"{counts}\n{rec.timeline('spring-cloud-a')}"
@@ -242,11 +253,12 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         counts_c = rec.ready_endpoints("spring-cloud-c")
         assert counts_c and min(counts_c) >= 1, counts_c
 
-        # the base Services never listed a canary pod, from set image to the end
-        for app in ("spring-cloud-a", "spring-cloud-c"):
+        # the base Services never listed a canary pod: c (rolled back) never, a until Kruise resumed its base
+        # to promote (then we unpin: the canary runs the version being promoted)
+        for app, until in (("spring-cloud-a", resumed), ("spring-cloud-c", None)):
             canaries = rec.canaries(app)
             assert canaries
-            leaked = {p for p in rec.pods_in(app) if any(p.startswith(c + "-") for c in canaries)}
+            leaked = {p for p in rec.pods_in(app, until) if any(p.startswith(c + "-") for c in canaries)}
             assert not leaked, f"{app}: {leaked}\n{rec.timeline(app)}"
         b = gb_kube.get("Deployment", ns, "spring-cloud-b")
         assert b["spec"] == b_before["spec"] and b["metadata"]["generation"] == b_before["metadata"]["generation"]

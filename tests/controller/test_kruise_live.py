@@ -16,7 +16,7 @@ from graybaggage_controller import names as n
 from graybaggage_controller.kube import read_lane_table
 
 from .conftest import wait_for
-from .test_live import NEW, OLD, REPO, app_manifests, apply, image, set_image
+from .test_live import NEW, OLD, REPO, app_manifests, apply, image, release_manifest, set_image
 
 pytestmark = pytest.mark.k8s_local_webhook
 
@@ -265,5 +265,13 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         assert "spring-cloud-b" not in [o["metadata"]["name"] for _, o in rec.ordered("Deployment")
                                         if o["metadata"]["name"] == "spring-cloud-b" and o["type"] != "ADDED"
                                         and o["metadata"]["generation"] != b_before["metadata"]["generation"]]
+        # a GrayRelease on a Kruise-managed Deployment is refused, and changes nothing
+        gen = gb_kube.get("Deployment", ns, "spring-cloud-a")["metadata"]["generation"]
+        apply(k8s_cluster, ns, [release_manifest("gr-a", "spring-cloud-a")])
+        st = wait_for(lambda: (s := (gb_kube.get("GrayRelease", ns, "gr-a") or {}).get("status") or {}).get(
+            "phase") == "Failed" and s, 60, "GrayRelease on a Kruise-managed Deployment Failed")
+        assert st["conditions"][0]["reason"] == "KruiseManaged" and "rollout-a" in st["message"]
+        assert gb_kube.get("Deployment", ns, "spring-cloud-a")["metadata"]["generation"] == gen
+        assert gb_kube.get("Deployment", ns, "spring-cloud-a-gray") is None
     finally:
         rec.stop()

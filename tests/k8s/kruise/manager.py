@@ -179,10 +179,19 @@ class KruiseManager:
         k = self.cluster.kubectl
         for kind, name in WEBHOOK_CONFIGS:
             k("delete", kind, name, "--ignore-not-found", check=False)
-        for doc in crd_documents(self.module):
-            # no conversion webhook any more: make the CRD deletable without the manager
+        docs = crd_documents(self.module)
+        for doc in docs:    # no conversion webhook any more: objects stay readable without the manager
             k("patch", "crd", doc["metadata"]["name"], "--type=merge", "-p",
               json.dumps({"spec": {"conversion": {"strategy": "None", "webhook": None}}}), check=False)
+        for doc in docs:
+            # Kruise's finalizers (rollouts, trafficroutings) would block the CRD deletion with no manager left
+            kind = f"{doc['spec']['names']['plural']}.{doc['spec']['group']}"
+            r = k("get", kind, "-A", "-o", "json", check=False)
+            for item in (json.loads(r.stdout).get("items") or []) if r.returncode == 0 else []:
+                if item["metadata"].get("finalizers"):
+                    k("patch", kind, item["metadata"]["name"], "-n", item["metadata"].get("namespace", ""),
+                      "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+        for doc in docs:
             k("delete", "crd", doc["metadata"]["name"], "--ignore-not-found", "--timeout=60s", check=False)
         if os.environ.get("GRAYBAGGAGE_K8S_KEEP_WORKDIR") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)

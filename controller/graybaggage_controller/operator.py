@@ -34,7 +34,9 @@ import kopf
 
 from . import desired as d
 from . import names as n
+from . import kruise as kr_pure
 from .kube import Kube, api_client_from
+from .kruise_io import KruiseMode
 from .reconcile import Reconciler
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,13 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
     kube = Kube(api_client_from(cfg.kubeconfig, cfg.context))
     rec = Reconciler(kube, events=_post_event)
     G, V = n.GROUP, n.VERSION
+    kruise = KruiseMode(kube, rec)
+    rec.table_hook = kruise.merge_table
+
+    def _reconcile_release(namespace: str, name: str) -> Any:
+        if kruise.guard_release(namespace, name):    # a Kruise Rollout manages its Deployment: Failed, hands off
+            return None
+        return rec.reconcile_release(namespace, name)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -135,7 +144,7 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
     @kopf.timer(G, V, n.RELEASES, interval=cfg.resync, registry=registry)
     def _release_timer(namespace: str, name: str, **_: Any) -> None:
         if leading():
-            rec.reconcile_release(namespace, name)
+            _reconcile_release(namespace, name)
 
     @kopf.on.event(G, V, n.RELEASES, registry=registry)
     def _release_event(type: str, namespace: str, name: str, meta: Any, **_: Any) -> None:
@@ -154,17 +163,17 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
                     return
                 time.sleep(0.5)
         else:
-            rec.reconcile_release(namespace, name)
+            _reconcile_release(namespace, name)
 
     @kopf.on.event("apps", "v1", "deployments", labels={n.RELEASE_LABEL: kopf.PRESENT}, registry=registry)
     def _base_event(type: str, namespace: str, labels: dict, **_: Any) -> None:
         if leading():
-            rec.reconcile_release(namespace, labels[n.RELEASE_LABEL])
+            _reconcile_release(namespace, labels[n.RELEASE_LABEL])
 
     @kopf.on.event("apps", "v1", "deployments", labels={n.OWNER_LABEL: kopf.PRESENT}, registry=registry)
     def _gray_event(type: str, namespace: str, labels: dict, **_: Any) -> None:
         if leading():
-            rec.reconcile_release(namespace, labels[n.OWNER_LABEL])
+            _reconcile_release(namespace, labels[n.OWNER_LABEL])
 
     # ---- Lane
     @kopf.timer(G, V, n.LANES, interval=cfg.resync, registry=registry)
@@ -186,6 +195,40 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
         else:
             rec.reconcile_lane(namespace, name)
 
+    # ---- Kruise mode (kruise.py, kruise_io.py): served when the Rollout CRD is (kopf picks the resources up
+    # when their CRDs appear); only watch events, so nothing of ours is written on Kruise's objects
+    kruise_namespaces: set[str] = set()
+
+    def _kruise_pass(namespace: str) -> None:
+        if leading() and namespace:
+            kruise_namespaces.add(namespace)
+            kruise.poke(namespace)
+
+    @kopf.on.event(kr_pure.GROUP, "v1beta1", "rollouts", registry=registry)
+    def _kruise_rollout_event(namespace: str, **_: Any) -> None:
+        _kruise_pass(namespace)
+
+    @kopf.on.event(kr_pure.GROUP, "v1alpha1", "trafficroutings", registry=registry)
+    def _kruise_tr_event(namespace: str, **_: Any) -> None:
+        _kruise_pass(namespace)
+
+    @kopf.on.event("apps", "v1", "deployments", labels={kr_pure.CANARY_DEPLOYMENT_LABEL: kopf.PRESENT},
+                   registry=registry)
+    def _kruise_canary_event(namespace: str, **_: Any) -> None:
+        _kruise_pass(namespace)
+
+    # a base Deployment Kruise's webhook just paused on a new template: pin before the canary's first pod
+    @kopf.on.event("apps", "v1", "deployments", labels={kr_pure.STABLE_REVISION_LABEL: kopf.PRESENT},
+                   registry=registry)
+    def _kruise_base_event(namespace: str, **_: Any) -> None:
+        _kruise_pass(namespace)
+
+    # base ReplicaSets: the pin follows the newest ready one during promotion
+    @kopf.on.event("apps", "v1", "replicasets", registry=registry,
+                   when=lambda namespace, **_: namespace in kruise_namespaces)
+    def _kruise_rs_event(namespace: str, **_: Any) -> None:
+        _kruise_pass(namespace)
+
     # ---- webhook
     if cfg.webhook:
         @kopf.on.mutate("apps", "v1", "deployments", id=n.WEBHOOK_HANDLER_ID, operations=["UPDATE"],
@@ -201,6 +244,7 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
                          body.get("metadata", {}).get("namespace"), body.get("metadata", {}).get("name"),
                          d.template_hash((body.get("spec") or {}).get("template")))
 
+    rec.kruise = kruise      # type: ignore[attr-defined]  (tests and the CLI reach Kruise mode through rec)
     return registry, rec
 
 

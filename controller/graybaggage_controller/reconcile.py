@@ -52,6 +52,8 @@ class Reconciler:
         #: skips entry routing elsewhere, so namespaces without entries pay nothing for it)
         self._entry_namespaces: set[str] = set()
         self._guard = threading.Lock()
+        #: (namespace, table) -> table: adds lanes from outside Lanes/GrayReleases (Kruise mode, kruise_io.py)
+        self.table_hook: Callable[[str, dict], dict] | None = None
 
     def lock(self, namespace: str) -> threading.RLock:
         with self._guard:
@@ -256,6 +258,8 @@ class Reconciler:
                 lanes = self.kube.list("Lane", namespace)
                 releases = self.kube.list("GrayRelease", namespace)
                 want = d.build_lane_table(namespace, lanes, releases, overrides)
+                if self.table_hook is not None:
+                    want = self.table_hook(namespace, want)
                 cm = self.kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)
                 if cm is not None and d.labels_of(cm).get(n.MANAGED_BY_LABEL) != n.MANAGED_BY:
                     log.warning("ConfigMap %s/%s is not managed by graybaggage; not touching it",

@@ -205,3 +205,41 @@ def pytest_runtest_setup(item):
     if item.get_closest_marker("k8s_local_webhook") and os.environ.get("GRAYBAGGAGE_TEST_KUBECONFIG"):
         pytest.skip("GRAYBAGGAGE_TEST_KUBECONFIG points at an external cluster: its API server "
                     "cannot reach a webhook served at https://127.0.0.1 by the test process")
+
+
+# ---- the real Kruise Rollout manager (tests/k8s/kruise/)
+KRUISE_DEFAULT_VERSION = "v0.6.2"
+
+
+@pytest.fixture(scope="session")
+def _kruise_holder(k8s_cluster, request):
+    """At most one manager per control plane (Kruise's webhook configuration names are fixed)."""
+    holder: dict = {}
+    try:
+        yield holder
+    finally:
+        if holder.get("manager") is not None:
+            holder["manager"].stop()
+
+
+@pytest.fixture
+def kruise_manager(_kruise_holder, k8s_cluster, request):
+    """The real Kruise Rollout manager (KruiseManager, tests/k8s/kruise/manager.py), v0.6.2 unless a test asks
+    for another with ``@pytest.mark.parametrize("kruise_manager", ["v0.5.0"], indirect=True)``. Built by
+    tests/k8s/kruise/build.sh (or taken from GRAYBAGGAGE_KRUISE_BIN); kept running across tests of one version."""
+    from .kruise.manager import KruiseManager, kruise_bin_dir
+    if os.environ.get("GRAYBAGGAGE_TEST_KUBECONFIG"):
+        pytest.skip("GRAYBAGGAGE_TEST_KUBECONFIG: the Kruise manager runs only against the local control plane")
+    version = getattr(request, "param", None) or KRUISE_DEFAULT_VERSION
+    current = _kruise_holder.get("manager")
+    if current is not None and (current.version != version or not current.alive()):
+        current.stop()
+        _kruise_holder["manager"] = current = None
+    if current is None:
+        out = _Uncaptured(request.config)
+        bin_dir = kruise_bin_dir(stream=out)
+        mgr = KruiseManager(k8s_cluster, os.path.join(bin_dir, version))
+        _kruise_holder["manager"] = mgr
+        mgr.start()
+        current = mgr
+    return current

@@ -1,0 +1,197 @@
+"""Kruise mode, the I/O part: read a namespace's Kruise Rollouts and friends, apply `kruise.plan()`.
+
+One pass per namespace (`KruiseMode.reconcile`), under the Reconciler's namespace lock, in this order:
+1. lane Services `<svc>-<tag>` created/updated (before any route names them);
+2. the lane table rebuilt (`Reconciler.sync_table` merges `lanes_for()` in): members join after their Service
+   exists, and leave as soon as the Rollout is Finalising/Cancelling, before Kruise resumes the base;
+3. base Service pins (pin / follow the newest ready base ReplicaSet / unpin when no canary pod is left);
+4. lane Services of finished canaries deleted (only once the canary Deployment is gone).
+Kruise's own objects are only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from . import desired as d
+from . import kruise as k
+from . import names as n
+from .kube import Kube, KubeError
+
+log = logging.getLogger(__name__)
+
+ROLLOUTS = {"v1beta1": "/apis/rollouts.kruise.io/v1beta1/namespaces/{ns}/rollouts",
+            "v1alpha1": "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/rollouts"}
+TRAFFIC_ROUTINGS = "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/trafficroutings"
+
+
+class KruiseMode:
+    def __init__(self, kube: Kube, rec: Any):
+        self.kube = kube
+        self.rec = rec
+        self._lanes: dict[str, dict[str, dict[str, str]]] = {}
+        self._managed: dict[str, dict[str, str]] = {}
+        self._served: str | None = None
+        self._guard = threading.Lock()
+        self._dirty: set[str] = set()
+        self._draining: set[str] = set()
+
+    # ---------------------------------------------------------------- reads
+    def served_version(self) -> str | None:
+        """The Rollout API version to read (v1beta1, the storage version, else v1alpha1); None: no Kruise."""
+        for version in ("v1beta1", "v1alpha1"):
+            try:
+                body = self.kube.request("GET", f"/apis/rollouts.kruise.io/{version}")
+            except KubeError as e:
+                if e.status in (404, 503):
+                    continue
+                raise
+            if any(r.get("name") == "rollouts" for r in (body or {}).get("resources") or []):
+                return version
+        return None
+
+    def _list(self, path: str) -> list[dict]:
+        try:
+            return list((self.kube.request("GET", path) or {}).get("items") or [])
+        except KubeError as e:
+            if e.status == 404:
+                return []
+            raise
+
+    def observe(self, namespace: str) -> dict[str, list[dict]] | None:
+        version = self.served_version()
+        self._served = version
+        if version is None:
+            return None
+        from urllib.parse import quote
+        ns = quote(namespace)
+        rollouts = self._list(ROLLOUTS[version].format(ns=ns))
+        if not rollouts:
+            return {"rollouts": [], "trs": [], "deploys": [], "rss": [], "pods": [], "svcs":
+                    self.kube.list("Service", namespace)}
+        return {"rollouts": rollouts, "trs": self._list(TRAFFIC_ROUTINGS.format(ns=ns)),
+                "deploys": self.kube.list("Deployment", namespace), "rss": self.kube.list("ReplicaSet", namespace),
+                "pods": self.kube.list("Pod", namespace), "svcs": self.kube.list("Service", namespace)}
+
+    def plan(self, namespace: str) -> k.Plan | None:
+        seen = self.observe(namespace)
+        if seen is None:
+            return None
+        return k.plan(seen["rollouts"], seen["trs"], seen["deploys"], seen["rss"], seen["pods"], seen["svcs"])
+
+    # ---------------------------------------------------------------- the table hook
+    def lanes_for(self, namespace: str) -> dict[str, dict[str, str]]:
+        """Kruise lanes of a namespace as of its last pass (a first call does a pass of its own)."""
+        with self._guard:
+            if namespace in self._lanes:
+                return self._lanes[namespace]
+        p = self.plan(namespace)
+        lanes = p.lanes if p else {}
+        with self._guard:
+            self._lanes[namespace] = lanes
+        return lanes
+
+    def merge_table(self, namespace: str, table: dict) -> dict:
+        try:
+            lanes = self.lanes_for(namespace)
+        except Exception:       # never let Kruise mode break the GrayRelease/Lane table
+            log.exception("Kruise lanes of %s unavailable; table written without them", namespace)
+            return table
+        return k.merge_lanes(table, lanes) if lanes else table
+
+    def managed(self, namespace: str) -> dict[str, str]:
+        """Deployment -> Rollout for a namespace (read now; {} when Kruise is not served)."""
+        seen = self.observe(namespace)
+        return k.managed_deployments(seen["rollouts"]) if seen else {}
+
+    # ---------------------------------------------------------------- coalescing
+    def poke(self, namespace: str) -> None:
+        """Ask for a pass of `namespace` soon. Watch events come in storms (ReplicaSets, Deployments, Rollout
+        status during a promotion); one worker per namespace runs passes back to back while new events came
+        in, so a pass always starts from a view newer than the last event, and the base pin follows a new
+        ReplicaSet within about one pass instead of behind a queue of stale ones."""
+        with self._guard:
+            self._dirty.add(namespace)
+            if namespace in self._draining:
+                return
+            self._draining.add(namespace)
+        threading.Thread(target=self._drain, args=(namespace,), name=f"kruise-{namespace}", daemon=True).start()
+
+    def _drain(self, namespace: str) -> None:
+        while True:
+            with self._guard:
+                if namespace not in self._dirty:
+                    self._draining.discard(namespace)
+                    return
+                self._dirty.discard(namespace)
+            try:
+                self.reconcile(namespace)
+            except Exception:
+                log.exception("Kruise mode pass for %s failed; retrying", namespace)
+                time.sleep(1.0)
+                with self._guard:
+                    self._dirty.add(namespace)
+
+    # ---------------------------------------------------------------- the pass
+    def reconcile(self, namespace: str) -> k.Plan | None:
+        with self.rec.lock(namespace):
+            p = self.plan(namespace)
+            if p is None:
+                return None
+            kube = self.kube
+            for body in p.services:
+                name = body["metadata"]["name"]
+                current = kube.get("Service", namespace, name)
+                if current is None:
+                    kube.create("Service", namespace, body)
+                    log.info("Kruise lane Service %s/%s -> %s", namespace, name, body["spec"]["selector"])
+                elif d.labels_of(current).get(k.ROLLOUT_LABEL) or d.labels_of(current).get(n.MANAGED_BY_LABEL) \
+                        == n.MANAGED_BY:
+                    merged = dict(current, spec=dict(current.get("spec") or {}, **{
+                        "ports": body["spec"]["ports"], "selector": body["spec"]["selector"]}))
+                    merged["metadata"] = dict(current["metadata"], labels={**d.labels_of(current),
+                                                                           **body["metadata"]["labels"]})
+                    kube.replace("Service", namespace, name, merged)
+                else:
+                    log.warning("Service %s/%s exists and is not ours; Kruise lane not published there",
+                                namespace, name)
+            with self._guard:
+                changed = self._lanes.get(namespace) != p.lanes
+                self._lanes[namespace] = p.lanes
+                self._managed[namespace] = p.managed
+            if changed or p.lanes:
+                self.rec.sync_table(namespace)
+            for svc, patch in sorted(p.pins.items()):
+                kube.patch("Service", namespace, svc, patch)
+                log.info("Kruise mode: base Service %s/%s selector -> %s", namespace, svc, patch["spec"]["selector"])
+            for name in p.delete_services:
+                kube.delete("Service", namespace, name)
+                log.info("Kruise lane Service %s/%s deleted (canary gone)", namespace, name)
+            for v in p.views:
+                log.debug("rollout %s/%s: %s %s", namespace, v.rollout, v.reason, v.message)
+            return p
+
+    def guard_release(self, namespace: str, name: str) -> bool:
+        """True (and a Failed status with condition KruiseManaged) when GrayRelease `name` targets a Deployment
+        a Kruise Rollout manages; the GrayRelease reconcile must then not run."""
+        gr = self.kube.get("GrayRelease", namespace, name)
+        if gr is None or d.meta(gr).get("deletionTimestamp"):
+            return False
+        managed = self.managed(namespace)
+        msg = k.release_conflict(gr, managed)
+        if msg is None:
+            return False
+        st = gr.get("status") or {}
+        if st.get("phase") != "Failed" or st.get("message") != msg:
+            cond = {"type": "Ready", "status": "False", "reason": "KruiseManaged", "message": msg}
+            try:
+                self.kube.patch("GrayRelease", namespace, name,
+                                {"status": {"phase": "Failed", "message": msg, "conditions": [cond]}}, sub="status")
+                self.rec.events(gr, "Warning", "KruiseManaged", msg)
+            except KubeError as e:
+                if e.status != 404:
+                    raise
+        return True

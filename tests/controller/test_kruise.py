@@ -1,0 +1,277 @@
+"""Kruise mode, the pure part (controller/graybaggage_controller/kruise.py): one row per rule."""
+
+import json
+
+import pytest
+
+from graybaggage_controller import kruise as k
+from graybaggage_controller import names as n
+
+NS = "default"
+
+
+def rollout(name="rollout-a", deploy="spring-cloud-a", *, tr="higress-traffic", v1beta1=True, reason="Paused",
+            ready=1, chash="c0ffee", labels=None, traffic_routings=None, ref=None, step=1, state="StepPaused"):
+    spec = {"strategy": {"canary": {"steps": [{"pause": {}, "replicas": 1}],
+                                    "patchPodTemplateMetadata": {"labels": labels if labels is not None else {
+                                        "alicloud.service.tag": "gray", "opensergo.io/canary-gray": "gray"}}}}}
+    wref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deploy}
+    if v1beta1:
+        spec["workloadRef"] = wref
+    else:
+        spec["objectRef"] = {"workloadRef": wref}
+    if traffic_routings:
+        spec["strategy"]["canary"]["trafficRoutings"] = traffic_routings
+    if ref:
+        spec["strategy"]["canary"]["trafficRoutingRef"] = ref
+    r = {"metadata": {"name": name, "namespace": NS, "annotations": {k.TRAFFIC_ROUTING_ANN: tr} if tr else {}},
+         "spec": spec, "status": {"phase": "Progressing",
+                                  "conditions": [{"type": "Progressing", "reason": reason}] if reason else [],
+                                  "canaryStatus": {"podTemplateHash": chash, "canaryReadyReplicas": ready,
+                                                   "currentStepIndex": step, "currentStepState": state}}}
+    return r
+
+
+def traffic_routing(name="higress-traffic", members=("rollout-a",), header=("x-mse-tag", "gray")):
+    strategy = {"matches": [{"headers": [{"type": "Exact", "name": "User-Agent", "value": "xiaoming"}]}]}
+    if header:
+        strategy["requestHeaderModifier"] = {"set": [{"name": header[0], "value": header[1]}]}
+    return {"metadata": {"name": name, "namespace": NS,
+                         "finalizers": [k.PROGRESSING_FINALIZER + m for m in members]},
+            "spec": {"objectRef": [{"service": "spring-cloud-a"}], "strategy": strategy}}
+
+
+def deployment(name="spring-cloud-a", app=None, canary_of=None, paused_by_kruise=False):
+    app = app or (canary_of or name)
+    labels = {k.CANARY_DEPLOYMENT_LABEL: canary_of} if canary_of else {}
+    if paused_by_kruise:
+        labels[k.STABLE_REVISION_LABEL] = "stable1"
+    return {"metadata": {"name": name, "namespace": NS, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "paused": paused_by_kruise,
+                     "template": {"metadata": {"labels": {"app": app}}}}}
+
+
+def rs(name, owner, h, ready=2, created="2026-01-01T00:00:00Z"):
+    return {"metadata": {"name": name, "namespace": NS, "labels": {n.POD_TEMPLATE_HASH: h},
+                         "creationTimestamp": created,
+                         "ownerReferences": [{"kind": "Deployment", "name": owner}]},
+            "status": {"readyReplicas": ready}}
+
+
+def pod(name, rs_name, app="spring-cloud-a", h="x"):
+    return {"metadata": {"name": name, "namespace": NS, "labels": {"app": app, n.POD_TEMPLATE_HASH: h},
+                         "ownerReferences": [{"kind": "ReplicaSet", "name": rs_name}]}}
+
+
+def service(name="spring-cloud-a", app=None, pinned_by=None, pin_hash=None):
+    sel = {"app": app or name}
+    meta = {"name": name, "namespace": NS, "annotations": {}}
+    if pinned_by:
+        meta["annotations"] = {n.PINNED_BY_ANN: pinned_by, n.ORIGINAL_SELECTOR_ANN: json.dumps(sel)}
+        sel = dict(sel, **{n.POD_TEMPLATE_HASH: pin_hash or "stable1"})
+    return {"metadata": meta, "spec": {"ports": [{"name": "http", "port": 20001, "targetPort": 20001,
+                                                  "protocol": "TCP"}], "selector": sel}}
+
+
+def world(**over):
+    """The seed mid-release: rollout-a Paused with one ready canary pod."""
+    w = {"rollouts": [rollout()], "trs": [traffic_routing()],
+         "deploys": [deployment(), deployment("spring-cloud-a-2h5kc", canary_of="spring-cloud-a")],
+         "rss": [rs("spring-cloud-a-stable1", "spring-cloud-a", "stable1"),
+                 rs("spring-cloud-a-2h5kc-c0ffee", "spring-cloud-a-2h5kc", "c0ffee", ready=1)],
+         "pods": [pod("a-1", "spring-cloud-a-stable1", h="stable1"), pod("a-g", "spring-cloud-a-2h5kc-c0ffee",
+                                                                        h="c0ffee")],
+         "svcs": [service()]}
+    w.update(over)
+    return w
+
+
+def run(w):
+    return k.plan(w["rollouts"], w["trs"], w["deploys"], w["rss"], w["pods"], w["svcs"])
+
+
+NO_CANARY = dict(deploys=[deployment()], rss=[rs("spring-cloud-a-stable1", "spring-cloud-a", "stable1")],
+                 pods=[pod("a-1", "spring-cloud-a-stable1", h="stable1")])
+
+
+# ---- lane tag and references: (rule, rollout, traffic routing, expected tag)
+@pytest.mark.parametrize("rule,ro,tr,tag", [
+    ("tag from the TrafficRouting's requestHeaderModifier.set value", rollout(labels={}), traffic_routing(), "gray"),
+    ("header beats labels", rollout(labels={"alicloud.service.tag": "blue"}), traffic_routing(), "gray"),
+    ("no header: alicloud.service.tag label", rollout(), traffic_routing(header=None), "gray"),
+    ("no header: opensergo.io/canary-<tag> key", rollout(labels={"opensergo.io/canary-blue": "blue"}), None, "blue"),
+    ("not a DNS-1123 label: no tag", rollout(labels={"alicloud.service.tag": "Gray_1"}), None, None),
+    ("nothing names a tag", rollout(labels={}), traffic_routing(header=None), None),
+])
+def test_rollout_tag(rule, ro, tr, tag):
+    assert k.rollout_tag(ro, tr) == tag, rule
+
+
+@pytest.mark.parametrize("rule,ro,want", [
+    ("annotation (what v0.5/v0.6 read)", rollout(), "higress-traffic"),
+    ("v1beta1 trafficRoutingRef without the annotation", rollout(tr=None, ref="tr2"), "tr2"),
+    ("trafficRoutingRef as an object", rollout(tr=None, ref={"name": "tr3"}), "tr3"),
+    ("annotation wins over the ref", rollout(ref="tr2"), "higress-traffic"),
+    ("neither", rollout(tr=None), None),
+])
+def test_traffic_routing_name(rule, ro, want):
+    assert k.traffic_routing_name(ro) == want, rule
+
+
+@pytest.mark.parametrize("rule,ro,want", [
+    ("v1beta1 spec.workloadRef", rollout(), "spring-cloud-a"),
+    ("v1alpha1 spec.objectRef.workloadRef", rollout(v1beta1=False), "spring-cloud-a"),
+    ("not a Deployment", {"spec": {"workloadRef": {"apiVersion": "apps.kruise.io/v1alpha1", "kind": "CloneSet",
+                                                   "name": "x"}}}, None),
+])
+def test_workload_name(rule, ro, want):
+    assert k.workload_name(ro) == want, rule
+
+
+# ---- membership: (rule, world overrides, member?, reason)
+@pytest.mark.parametrize("rule,over,member,reason", [
+    ("ready canary + progressing finalizer: member", {}, True, "Member"),
+    ("InRolling is as good as Paused", {"rollouts": [rollout(reason="InRolling")]}, True, "Member"),
+    ("no ready canary pod yet: not yet", {"rollouts": [rollout(ready=0)]}, False, "CanaryNotReady"),
+    ("Finalising (approved): out before Kruise resumes the base", {"rollouts": [rollout(reason="Finalising")]},
+     False, "Finalising"),
+    ("approved on the last step (StepReady), before Kruise says Finalising: out",
+     {"rollouts": [rollout(state="StepReady")]}, False, "Approved"),
+    ("StepReady on an earlier step: still a member", {"rollouts": [rollout(state="StepReady", step=0)]}, True,
+     "Member"),
+    ("Cancelling (rolled back): out", {"rollouts": [rollout(reason="Cancelling")]}, False, "Cancelling"),
+    ("Completed: out", {"rollouts": [rollout(reason="Completed")]}, False, "Completed"),
+    ("finalizer gone from the TrafficRouting: out", {"trs": [traffic_routing(members=())]}, False,
+     "NotInTrafficRouting"),
+    ("no TrafficRouting reference: no finalizer needed", {"rollouts": [rollout(tr=None)], "trs": []}, True, "Member"),
+    ("no canary Deployment", NO_CANARY, False, "NoCanary"),
+    ("no tag", {"rollouts": [rollout(labels={})], "trs": [traffic_routing(header=None)]}, False, "NoTag"),
+    ("workload missing", {"deploys": []}, False, "NoWorkload"),
+])
+def test_membership(rule, over, member, reason):
+    p = run(world(**over))
+    v = p.views[0]
+    assert (v.member, v.reason) == (member, reason), rule
+    assert (p.lanes == {"gray": {"spring-cloud-a": "spring-cloud-a-gray"}}) == member, rule
+
+
+def test_lane_service_selects_the_canary_hash():
+    p = run(world())
+    (svc,) = p.services
+    assert svc["metadata"]["name"] == "spring-cloud-a-gray"
+    assert svc["spec"]["selector"] == {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: "c0ffee"}
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 20001, "targetPort": 20001, "protocol": "TCP"}]
+    assert svc["metadata"]["labels"][k.ROLLOUT_LABEL] == "rollout-a"
+
+
+def test_lane_service_unchanged_is_not_rewritten_and_unwanted_is_deleted():
+    first = run(world()).services[0]
+    first = dict(first, metadata=dict(first["metadata"], resourceVersion="7"))
+    assert run(world(svcs=[service(), first])).services == []
+    p = run(world(svcs=[service(), first], **NO_CANARY))
+    assert p.delete_services == ["spring-cloud-a-gray"]
+
+
+def test_lane_service_kept_while_leaving():
+    """Finalising: out of the table, but the Service stays until the canary is gone (in-flight calls)."""
+    p = run(world(rollouts=[rollout(reason="Finalising")]))
+    assert [s["metadata"]["name"] for s in p.services] == ["spring-cloud-a-gray"] and p.lanes == {}
+
+
+# ---- base Service pinning: (rule, world overrides, expected patch selector or None for no patch)
+PIN_STABLE = {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: "stable1"}
+
+
+@pytest.mark.parametrize("rule,over,want", [
+    ("canary exists: pin to the stable ReplicaSet's hash", {}, PIN_STABLE),
+    ("already pinned by us: no patch", {"svcs": [service(pinned_by="kruise:rollout-a")]}, None),
+    ("Rollout with trafficRoutings: Kruise pins, we don't",
+     {"rollouts": [rollout(traffic_routings=[{"service": "spring-cloud-a"}])]}, None),
+    ("pinned by a GrayRelease: not ours to touch", {"svcs": [service(pinned_by="my-release")]}, None),
+    ("no canary and no canary pod: unpin", dict(NO_CANARY, svcs=[service(pinned_by="kruise:rollout-a")]),
+     {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: None}),
+    ("Kruise's webhook paused the base on a new template, no canary yet: pin already",
+     dict(NO_CANARY, deploys=[deployment(paused_by_kruise=True)]), PIN_STABLE),
+    ("paused by someone else (no stable-revision label), no canary: no pin",
+     dict(NO_CANARY, deploys=[dict(deployment(), spec=dict(deployment()["spec"], paused=True))]), None),
+    ("canary Deployment gone but a canary pod left: stay pinned",
+     dict(NO_CANARY, pods=[pod("a-1", "spring-cloud-a-stable1", h="stable1"), pod("a-g", "gone-rs", h="c0ffee")],
+          svcs=[service(pinned_by="kruise:rollout-a")]), None),
+    ("promotion: the newest base ReplicaSet with a ready pod wins",
+     {"rss": [rs("spring-cloud-a-stable1", "spring-cloud-a", "stable1"),
+              rs("spring-cloud-a-new2", "spring-cloud-a", "new2", ready=1, created="2026-01-02T00:00:00Z")],
+      "svcs": [service(pinned_by="kruise:rollout-a")]}, {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: "new2"}),
+    ("promotion: a newer ReplicaSet with no ready pod does not take the pin",
+     {"rss": [rs("spring-cloud-a-stable1", "spring-cloud-a", "stable1"),
+              rs("spring-cloud-a-new2", "spring-cloud-a", "new2", ready=0, created="2026-01-02T00:00:00Z")],
+      "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
+    ("approved and Kruise resumed the base: unpin (a rolling base must never empty the Service)",
+     {"rollouts": [rollout(reason="Finalising")], "svcs": [service(pinned_by="kruise:rollout-a")]},
+     {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: None}),
+    ("approved but the base still paused: stay pinned",
+     {"rollouts": [rollout(reason="Finalising")], "deploys": [deployment(paused_by_kruise=True),
+                                                              deployment("spring-cloud-a-2h5kc",
+                                                                         canary_of="spring-cloud-a")],
+      "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
+    ("rolled back (Cancelling), base resumed: stay pinned while canary pods run",
+     {"rollouts": [rollout(reason="Cancelling")], "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
+    ("no base ReplicaSet with a ready pod: keep the pin as it is",
+     {"rss": [rs("spring-cloud-a-stable1", "spring-cloud-a", "stable1", ready=0)],
+      "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
+])
+def test_pins(rule, over, want):
+    p = run(world(**over))
+    got = p.pins.get("spring-cloud-a")
+    assert (got["spec"]["selector"] if got else None) == want, rule
+
+
+def test_pin_records_the_original_selector_and_the_rollout():
+    ann = run(world()).pins["spring-cloud-a"]["metadata"]["annotations"]
+    assert json.loads(ann[n.ORIGINAL_SELECTOR_ANN]) == {"app": "spring-cloud-a"}
+    assert ann[n.PINNED_BY_ANN] == "kruise:rollout-a"
+
+
+def test_untouched_service_and_deployment():
+    """b (no Rollout on it) gets nothing: no lane Service, no pin, no route."""
+    w = world(deploys=world()["deploys"] + [deployment("spring-cloud-b")],
+              svcs=[service(), service("spring-cloud-b")])
+    p = run(w)
+    assert "spring-cloud-b" not in p.pins
+    assert all(s["metadata"]["name"] != "spring-cloud-b-gray" for s in p.services)
+    assert p.managed == {"spring-cloud-a": "rollout-a"}
+
+
+def test_two_rollouts_one_lane():
+    w = world(rollouts=[rollout(), rollout("rollout-c", "spring-cloud-c", chash="cafe")],
+              trs=[traffic_routing(members=("rollout-a", "rollout-c"))],
+              deploys=world()["deploys"] + [deployment("spring-cloud-c"),
+                                            deployment("spring-cloud-c-btk88", canary_of="spring-cloud-c")],
+              svcs=[service(), service("spring-cloud-c")])
+    assert run(w).lanes == {"gray": {"spring-cloud-a": "spring-cloud-a-gray",
+                                     "spring-cloud-c": "spring-cloud-c-gray"}}
+
+
+@pytest.mark.parametrize("rule,table,lanes,want", [
+    ("new tag: fallback base", {"version": 1, "namespace": NS, "lanes": {}}, {"gray": {"a": "a-gray"}},
+     {"gray": {"fallback": "base", "routes": {"a": "a-gray"}}}),
+    ("a Lane's tag: routes merged, its fallback and entry kept",
+     {"version": 1, "namespace": NS, "lanes": {"gray": {"fallback": "strict", "routes": {"b": "b-gray"},
+                                                         "entry": {"rules": []}}}},
+     {"gray": {"a": "a-gray"}},
+     {"gray": {"fallback": "strict", "routes": {"a": "a-gray", "b": "b-gray"}, "entry": {"rules": []}}}),
+    ("no Kruise lanes: unchanged", {"version": 1, "namespace": NS, "lanes": {"x": {"routes": {}}}}, {},
+     {"x": {"routes": {}}}),
+])
+def test_merge_lanes(rule, table, lanes, want):
+    assert k.merge_lanes(table, lanes)["lanes"] == want, rule
+
+
+@pytest.mark.parametrize("rule,release,conflict", [
+    ("GrayRelease on a Kruise-managed Deployment", {"spec": {"workloadRef": {"name": "spring-cloud-a"}}}, True),
+    ("GrayRelease on another Deployment", {"spec": {"workloadRef": {"name": "spring-cloud-b"}}}, False),
+])
+def test_release_conflict(rule, release, conflict):
+    msg = k.release_conflict(release, {"spring-cloud-a": "rollout-a"})
+    assert (msg is not None) == conflict, rule
+    if conflict:
+        assert "rollout-a" in msg and "Kruise" in msg

@@ -1,0 +1,277 @@
+"""Kruise mode against the REAL Kruise Rollout manager (tests/k8s/kruise) on the test control plane.
+
+The seed's own Rollouts (v1alpha1, `rollouts.kruise.io/trafficrouting` annotation) and TrafficRouting, as written
+in the seed; only images are ours (no Nacos/MySQL). `kubectl set image` a and c, approve a, roll back c.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from graybaggage_controller import kruise as k
+from graybaggage_controller import names as n
+from graybaggage_controller.kube import read_lane_table
+
+from .conftest import wait_for
+from .test_live import NEW, OLD, REPO, app_manifests, apply, image, release_manifest, set_image
+
+pytestmark = pytest.mark.k8s_local_webhook
+
+APPS = ("spring-cloud-a", "spring-cloud-b", "spring-cloud-c")
+RV1B1 = "rollouts.v1beta1.rollouts.kruise.io"
+
+
+def seed_rollout(letter: str) -> dict:
+    return {"apiVersion": "rollouts.kruise.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": f"rollout-{letter}", "annotations": {k.TRAFFIC_ROUTING_ANN: "higress-traffic"}},
+            "spec": {"objectRef": {"workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                   "name": f"spring-cloud-{letter}"}},
+                     "strategy": {"canary": {"steps": [{"pause": {}, "replicas": 1}],
+                                             "patchPodTemplateMetadata": {"labels": {
+                                                 "alicloud.service.tag": "gray",
+                                                 "opensergo.io/canary-gray": "gray"}}}}}}
+
+
+SEED_TRAFFIC_ROUTING = {
+    "apiVersion": "rollouts.kruise.io/v1alpha1", "kind": "TrafficRouting", "metadata": {"name": "higress-traffic"},
+    "spec": {"objectRef": [{"service": "spring-cloud-a",
+                            "ingress": {"classType": "higress", "name": "spring-cloud-a"}}],
+             "strategy": {"matches": [{"headers": [{"type": "Exact", "name": "User-Agent", "value": "xiaoming"}]}],
+                          "requestHeaderModifier": {"set": [{"name": "x-mse-tag", "value": "gray"}]}}}}
+
+SEED_INGRESS = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "spring-cloud-a"},
+    "spec": {"ingressClassName": "higress", "rules": [{"host": "springa.com", "http": {"paths": [{
+        "path": "/", "pathType": "Prefix",
+        "backend": {"service": {"name": "spring-cloud-a", "port": {"number": 20001}}}}]}}]}}
+
+
+def routes(kube, ns):
+    t = read_lane_table(kube, ns)
+    return None if t is None else (t.get("lanes", {}).get("gray") or {}).get("routes")
+
+
+def rollout(cluster, ns, name) -> dict:
+    return json.loads(cluster.kubectl("get", RV1B1, name, "-n", ns, "-o", "json").stdout)
+
+
+class Recorder:
+    """Watches EndpointSlices, Deployments and the lane table ConfigMap of a namespace; keeps every event with
+    its resourceVersion (etcd's revision: one order across kinds)."""
+
+    def __init__(self, cluster, ns):
+        from kubernetes import client, watch
+        self.api = cluster.api_client()
+        self.ns = ns
+        self.events: list[tuple[int, str, dict]] = []
+        self.lock = threading.Lock()
+        self.watches = []
+        self.threads = []
+        for kind, fn in (("EndpointSlice", client.DiscoveryV1Api(self.api).list_namespaced_endpoint_slice),
+                         ("Deployment", client.AppsV1Api(self.api).list_namespaced_deployment),
+                         ("ConfigMap", client.CoreV1Api(self.api).list_namespaced_config_map),
+                         ("Service", client.CoreV1Api(self.api).list_namespaced_service),
+                         ("ReplicaSet", client.AppsV1Api(self.api).list_namespaced_replica_set)):
+            w = watch.Watch()
+            self.watches.append(w)
+            t = threading.Thread(target=self._run, args=(w, kind, fn), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _run(self, w, kind, fn):
+        try:
+            for ev in w.stream(fn, self.ns, _request_timeout=600):
+                obj = self.api.sanitize_for_serialization(ev["object"])
+                obj["type"] = ev["type"]
+                with self.lock:
+                    self.events.append((int(obj["metadata"]["resourceVersion"]), kind, obj))
+        except Exception:      # stopped
+            pass
+
+    def stop(self):
+        for w in self.watches:
+            w.stop()
+
+    def ordered(self, kind: str):
+        with self.lock:
+            return [(rv, o) for rv, kk, o in sorted(self.events, key=lambda e: e[0]) if kk == kind]
+
+    def timeline(self, app: str) -> str:
+        """One line per event about `app` (for a failure message)."""
+        lines = []
+        with self.lock:
+            evs = sorted(self.events, key=lambda e: e[0])
+        for rv, kind, o in evs:
+            name = o["metadata"]["name"]
+            if not name.startswith(app):
+                continue
+            if kind == "EndpointSlice":
+                what = [((e.get("conditions") or {}).get("ready"), (e.get("targetRef") or {}).get("name"))
+                        for e in o.get("endpoints") or []]
+            elif kind == "Service":
+                what = o["spec"].get("selector")
+            elif kind == "ReplicaSet":
+                what = (o["spec"].get("replicas"), (o.get("status") or {}).get("readyReplicas"))
+            elif kind == "Deployment":
+                what = (o["spec"].get("paused"), o["spec"].get("replicas"), (o.get("status") or {}).get("readyReplicas"))
+            else:
+                continue
+            lines.append(f"{rv} {o['type']} {kind}/{name} {what}")
+        return "\n".join(lines)
+
+    def pods_in(self, service: str, until: int | None = None) -> set[str]:
+        """Every pod any EndpointSlice of `service` listed (before resourceVersion `until`)."""
+        return {(e.get("targetRef") or {}).get("name") for rv, o in self.ordered("EndpointSlice")
+                if (o["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == service
+                and (until is None or rv < until)
+                for e in o.get("endpoints") or []}
+
+    def canaries(self, app: str) -> set[str]:
+        return {o["metadata"]["name"] for _rv, o in self.ordered("Deployment")
+                if (o["metadata"].get("labels") or {}).get(k.CANARY_DEPLOYMENT_LABEL) == app}
+
+    def ready_endpoints(self, service: str) -> list[int]:
+        """Ready endpoints of `service` after each of its EndpointSlice events, in order."""
+        slices: dict[str, int] = {}
+        out = []
+        for _rv, o in self.ordered("EndpointSlice"):
+            if (o["metadata"].get("labels") or {}).get("kubernetes.io/service-name") != service:
+                continue
+            name = o["metadata"]["name"]
+            if o["type"] == "DELETED":
+                slices.pop(name, None)
+            else:
+                slices[name] = sum(1 for e in o.get("endpoints") or []
+                                   if (e.get("conditions") or {}).get("ready") is not False)
+            out.append(sum(slices.values()))
+        return out
+
+
+def selected_images(kube, ns, svc) -> list[str]:
+    sel = kube.get("Service", ns, svc)["spec"]["selector"]
+    return sorted(image(p["spec"] and {"spec": {"template": {"spec": p["spec"]}}})
+                  for p in kube.list("Pod", ns, ",".join(f"{a}={b}" for a, b in sel.items()))
+                  if not p["metadata"].get("deletionTimestamp"))
+
+
+def ours(kube, ns) -> list[str]:
+    found = [f"Service/{s['metadata']['name']}" for s in kube.list("Service", ns, k.ROLLOUT_LABEL)]
+    found += [f"pin/{s['metadata']['name']}" for s in kube.list("Service", ns)
+              if n.PINNED_BY_ANN in (s["metadata"].get("annotations") or {})]
+    if kube.get("ConfigMap", ns, n.TABLE_CONFIGMAP):
+        found.append(f"ConfigMap/{n.TABLE_CONFIGMAP}")
+    return found
+
+
+@pytest.mark.parametrize("kruise_manager", ["v0.6.2", "v0.5.0"], indirect=True)
+def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, gb_kube):
+    ns = gb_controller.namespace
+    kc = k8s_cluster.kubectl
+    apply(k8s_cluster, ns, [d for app in APPS for d in app_manifests(app)] + [SEED_INGRESS])
+    for app in APPS:
+        kc("-n", ns, "rollout", "status", f"deployment/{app}", "--timeout=60s")
+    apply(k8s_cluster, ns, [seed_rollout(x) for x in "abc"] + [SEED_TRAFFIC_ROUTING])
+    wait_for(lambda: all(rollout(k8s_cluster, ns, f"rollout-{x}").get("status", {}).get("phase") == "Healthy"
+                         for x in "abc"), 120, "the seed's Rollouts Healthy")
+    gb_controller.start()
+    rec = Recorder(k8s_cluster, ns)
+    try:
+        b_before = gb_kube.get("Deployment", ns, "spring-cloud-b")
+        set_image(k8s_cluster, ns, "spring-cloud-a", NEW)
+        set_image(k8s_cluster, ns, "spring-cloud-c", NEW)
+        want = {"spring-cloud-a": "spring-cloud-a-gray", "spring-cloud-c": "spring-cloud-c-gray"}
+        wait_for(lambda: routes(gb_kube, ns) == want, 180, "lane table {a, c}")
+
+        for app, letter in (("spring-cloud-a", "a"), ("spring-cloud-c", "c")):
+            r = rollout(k8s_cluster, ns, f"rollout-{letter}")
+            chash = r["status"]["canaryStatus"]["podTemplateHash"]
+            lane = gb_kube.get("Service", ns, f"{app}-gray")
+            assert lane["spec"]["selector"] == {"app": app, n.POD_TEMPLATE_HASH: chash}
+            assert lane["spec"]["ports"][0]["port"] == 20001
+            canary_pods = gb_kube.list("Pod", ns, f"app={app},{n.POD_TEMPLATE_HASH}={chash}")
+            assert canary_pods and all(p["metadata"]["labels"]["alicloud.service.tag"] == "gray"
+                                       for p in canary_pods)
+            # base Service: only stable (old-image) pods, pinned by us, Kruise's paused base untouched
+            wait_for(lambda: n.POD_TEMPLATE_HASH in gb_kube.get("Service", ns, app)["spec"]["selector"], 30,
+                     f"{app} pinned")
+            imgs = selected_images(gb_kube, ns, app)
+            assert imgs == [f"{REPO}/{app}:{OLD}"] * 2, imgs
+            base = gb_kube.get("Deployment", ns, app)
+            assert base["spec"].get("paused") is True and n.PAUSED_BY_ANN not in (
+                base["metadata"].get("annotations") or {})
+        b = gb_kube.get("Deployment", ns, "spring-cloud-b")
+        assert b["metadata"]["generation"] == b_before["metadata"]["generation"]
+        assert gb_kube.get("Service", ns, "spring-cloud-b-gray") is None
+        assert gb_kube.get("Service", ns, "spring-cloud-b")["spec"]["selector"] == {"app": "spring-cloud-b"}
+
+        # ---- approve a (what `kubectl-kruise rollout approve` does: only from StepPaused)
+        wait_for(lambda: rollout(k8s_cluster, ns, "rollout-a")["status"]["canaryStatus"].get("currentStepState")
+                 == "StepPaused", 120, "rollout-a StepPaused")
+        kc("patch", RV1B1, "rollout-a", "-n", ns, "--subresource=status", "--type=merge",
+           "-p", '{"status":{"canaryStatus":{"currentStepState":"StepReady"}}}')
+        wait_for(lambda: routes(gb_kube, ns) == {"spring-cloud-c": "spring-cloud-c-gray"}, 120, "lane table {c}")
+        wait_for(lambda: rollout(k8s_cluster, ns, "rollout-a")["status"].get("phase") == "Healthy", 180,
+                 "rollout-a Healthy again")
+        wait_for(lambda: gb_kube.get("Service", ns, "spring-cloud-a-gray") is None, 60, "a's lane Service gone")
+        wait_for(lambda: gb_kube.get("Service", ns, "spring-cloud-a")["spec"]["selector"] == {"app": "spring-cloud-a"},
+                 60, "a unpinned")
+        wait_for(lambda: selected_images(gb_kube, ns, "spring-cloud-a") == [f"{REPO}/spring-cloud-a:{NEW}"] * 2,
+                 60, "a's base on the new image")
+
+        # the table lost a before Kruise resumed a's base
+        left = next(rv for rv, o in rec.ordered("ConfigMap")
+                    if o["metadata"]["name"] == n.TABLE_CONFIGMAP
+                    and "spring-cloud-a" not in json.dumps(json.loads(o["data"][n.TABLE_KEY])["lanes"])
+                    and o["type"] != "DELETED")
+        seq = [(rv, bool(o["spec"].get("paused"))) for rv, o in rec.ordered("Deployment")
+               if o["metadata"]["name"] == "spring-cloud-a"]
+        first_paused = next(i for i, (_rv, paused) in enumerate(seq) if paused)
+        resumed = next(rv for rv, paused in seq[first_paused:] if not paused)
+        # the lane left the table before a's canary lost its ready pod (every version) ...
+        gray = [(rv, sum(1 for e in o.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")))
+                for rv, o in rec.ordered("EndpointSlice")
+                if (o["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == "spring-cloud-a-gray"]
+        first_ready = next(i for i, (_rv, c) in enumerate(gray) if c)
+        drained = next((rv for rv, c in gray[first_ready:] if c == 0), None)
+        assert drained is None or left < drained, (left, drained, gray)
+        # ... and before Kruise resumed the base: v0.6.2 removes its finalizer ~2.7 s before; v0.5.0 resumes
+        # within the same reconcile as the approval, so there the order is not ours to keep (see the README)
+        if kruise_manager.version != "v0.5.0":
+            assert left < resumed, (left, resumed, seq)
+        # the a Service never had 0 ready endpoints (from the first event on)
+        counts = rec.ready_endpoints("spring-cloud-a")
+        assert counts and min(counts) >= 1, f"{counts}\n{rec.timeline('spring-cloud-a')}"
+
+        # ---- roll back c
+        set_image(k8s_cluster, ns, "spring-cloud-c", OLD)
+        wait_for(lambda: routes(gb_kube, ns) is None, 120, "lane table {} (ConfigMap gone)")
+        wait_for(lambda: ours(gb_kube, ns) == [], 120, "nothing of ours left")
+        assert selected_images(gb_kube, ns, "spring-cloud-c") == [f"{REPO}/spring-cloud-c:{OLD}"] * 2
+        counts_c = rec.ready_endpoints("spring-cloud-c")
+        assert counts_c and min(counts_c) >= 1, counts_c
+
+        # the base Services never listed a canary pod: c (rolled back) never, a until Kruise resumed its base
+        # to promote (then we unpin: the canary runs the version being promoted)
+        for app, until in (("spring-cloud-a", resumed), ("spring-cloud-c", None)):
+            canaries = rec.canaries(app)
+            assert canaries
+            leaked = {p for p in rec.pods_in(app, until) if any(p.startswith(c + "-") for c in canaries)}
+            assert not leaked, f"{app}: {leaked}\n{rec.timeline(app)}"
+        b = gb_kube.get("Deployment", ns, "spring-cloud-b")
+        assert b["spec"] == b_before["spec"] and b["metadata"]["generation"] == b_before["metadata"]["generation"]
+        assert "spring-cloud-b" not in [o["metadata"]["name"] for _, o in rec.ordered("Deployment")
+                                        if o["metadata"]["name"] == "spring-cloud-b" and o["type"] != "ADDED"
+                                        and o["metadata"]["generation"] != b_before["metadata"]["generation"]]
+        # a GrayRelease on a Kruise-managed Deployment is refused, and changes nothing
+        gen = gb_kube.get("Deployment", ns, "spring-cloud-a")["metadata"]["generation"]
+        apply(k8s_cluster, ns, [release_manifest("gr-a", "spring-cloud-a")])
+        st = wait_for(lambda: (s := (gb_kube.get("GrayRelease", ns, "gr-a") or {}).get("status") or {}).get(
+            "phase") == "Failed" and s, 60, "GrayRelease on a Kruise-managed Deployment Failed")
+        assert st["conditions"][0]["reason"] == "KruiseManaged" and "rollout-a" in st["message"]
+        assert gb_kube.get("Deployment", ns, "spring-cloud-a")["metadata"]["generation"] == gen
+        assert gb_kube.get("Deployment", ns, "spring-cloud-a-gray") is None
+    finally:
+        rec.stop()

@@ -14,8 +14,9 @@ of one namespace, `plan()` derives what graybaggage adds so the seed's lanes wor
   the TrafficRouting: Kruise resumes the base only after that, so the lane leaves the table first;
 - base Services pinned to the newest base ReplicaSet with a ready pod from the moment Kruise's webhook pauses the
   base on a new template while any canary pod exists (Kruise's TrafficRouting mode leaves them selecting the
-  canary pods too); unpinned once no canary pod is left, or as soon as Kruise resumes the base to promote (so
-  the rolling base can never leave the Service empty); never pinned when the Rollout itself has
+  canary pods too); unpinned once no canary pod is left, or as soon as the Rollout is approved to promote,
+  in the pass that drops the lane and before Kruise resumes the base (so the rolling base can never leave the
+  Service empty); never pinned when the Rollout itself has
   `trafficRoutings` (Kruise pins then).
 
 Nothing here writes Kruise's objects: never the Deployment's pause, never the canary's template (Kruise finds
@@ -291,11 +292,12 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
         coming = bool((base.get("spec") or {}).get("paused")) and bool(
             (_meta(base).get("labels") or {}).get(STABLE_REVISION_LABEL))
         busy = canary is not None or left > 0 or coming
-        # promotion: once Kruise resumed the base (approved; not a rollback), let go of the pin. Following the
-        # newest ready base ReplicaSet lost the race on a loaded machine (the deployment controller emptied the
-        # old ReplicaSet before our pass moved the pin: 0 endpoints); unpinned, the Service keeps the old and
-        # new base pods and, until Kruise deletes it, the canary, which runs the version being promoted
-        if reason in ("Finalising", "Completed", "Approved") and not (base.get("spec") or {}).get("paused"):
+        # promotion (approved; not a rollback): let go of the pin in the pass that drops the lane, before Kruise
+        # resumes the base. Following the newest ready base ReplicaSet, and even unpinning once the base was
+        # resumed, lost the race on a loaded machine (the deployment controller emptied the old ReplicaSet
+        # before our pass: 0 endpoints); unpinned, the Service keeps the old and new base pods and, until Kruise
+        # deletes it, the canary, which runs the version being promoted
+        if reason in ("Finalising", "Completed", "Approved"):
             busy = False
         for svc in svcs:
             sname = _meta(svc)["name"]

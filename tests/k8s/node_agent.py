@@ -783,10 +783,16 @@ def _http_ok(host: str, port: int, path: str, headers: dict, timeout: float) -> 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    import faulthandler
+
+    faulthandler.enable()  # a crash of the agent leaves its traceback in the agent's log, not silence
     cfg = Config.load(argv[0])
     agent = Agent(cfg)
 
-    def on_term(*_):
+    def on_term(signum, _frame):
+        if agent.stopping.is_set():  # already stopping its pods: a second signal must not cut that short
+            return
+        log.info("node agent: %s, stopping its pods", signal.Signals(signum).name)
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, on_term)
     try:

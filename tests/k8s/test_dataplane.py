@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import textwrap
 import time
@@ -178,7 +179,12 @@ def test_a_killed_test_run_leaves_nothing_behind(k8s_dataplane_bin, tmp_path):
         subprocess.run([kubectl, "--kubeconfig", kubeconfig, "run", "p", "-n", "demo", "--image=graybaggage-probe",
                         "--restart=Never"], check=True, capture_output=True)
         mine = lambda: [n for n in netns.ours(owner.pid)]  # noqa: E731
-        _wait("the pod's namespace", lambda: len(mine()) >= 2)     # node + pod
+
+        def p_running():
+            return subprocess.run([kubectl, "--kubeconfig", kubeconfig, "get", "pod", "p", "-n", "demo", "-o",
+                                   "jsonpath={.status.phase}"], capture_output=True, text=True).stdout == "Running"
+        _wait("pod p to run", p_running)
+        assert len(mine()) >= 2, mine()     # node + pod(s)
         owner.kill()
         owner.wait(10)
 
@@ -189,8 +195,14 @@ def test_a_killed_test_run_leaves_nothing_behind(k8s_dataplane_bin, tmp_path):
                 return True
             return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
         _wait("every data-plane process to die with its owner", lambda: all(gone(p) for p in pids), timeout=60)
-        _wait("the agent to remove its pods' namespaces", lambda: mine() == [netns.name_for(owner.pid, "n", 1)],
-              timeout=60)
+        try:
+            _wait("the agent to remove its pods' namespaces", lambda: mine() == [netns.name_for(owner.pid, "n", 1)],
+                  timeout=60)
+        except AssertionError as e:
+            log.seek(0)
+            logs = re.findall(r"dataplane ready .* logs (\S+)", log.read())
+            agent_log = Path(logs[-1], "node-agent.log").read_text()[-4000:] if logs else "(no log dir)"
+            raise AssertionError(f"{e}\nnode agent's log:\n{agent_log}") from None
         assert netns.name_for(owner.pid, "n", 1) in netns.sweep_stale()
         assert mine() == []
     finally:

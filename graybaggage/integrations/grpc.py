@@ -428,10 +428,10 @@ def _cannot_make(route: Any) -> None:
              "target %s; calls stay on %s", route.lane, route.authority, route.destination, level=logging.WARNING)
 
 
-class _SyncMulti:
-    """A multicallable that picks, per call, the user's channel or a lane channel."""
+class _Multi:
+    """What the sync and aio multicallables share: the user's multicallable and one per lane channel."""
 
-    def __init__(self, parent: "LaneChannel", kind: str, method: Any, args: tuple, kwargs: dict) -> None:
+    def __init__(self, parent: Any, kind: str, method: Any, args: tuple, kwargs: dict) -> None:
         self._parent = parent
         self._kind = kind
         self._spec = (method, args, kwargs)
@@ -444,6 +444,10 @@ class _SyncMulti:
             method, args, kwargs = self._spec
             mc = self._lane[id(ch)] = getattr(ch, self._kind)(method, *args, **kwargs)
         return mc
+
+
+class _SyncMulti(_Multi):
+    """A multicallable that picks, per call, the user's channel or a lane channel."""
 
     def _invoke(self, attr: str, request: Any, kw: dict) -> Any:
         rt, lane = _client.current()
@@ -686,21 +690,7 @@ class _AioUnaryFallback:
         return getattr(self._call, name)
 
 
-class _AioMulti:
-    def __init__(self, parent: Any, kind: str, method: Any, args: tuple, kwargs: dict) -> None:
-        self._parent = parent
-        self._kind = kind
-        self._spec = (method, args, kwargs)
-        self._base = getattr(parent._channel, kind)(method, *args, **kwargs)
-        self._lane: dict[int, Any] = {}
-
-    def _lane_mc(self, ch: Any) -> Any:
-        mc = self._lane.get(id(ch))
-        if mc is None:
-            method, args, kwargs = self._spec
-            mc = self._lane[id(ch)] = getattr(ch, self._kind)(method, *args, **kwargs)
-        return mc
-
+class _AioMulti(_Multi):
     async def _send_routed(self, route: Any, ch: Any, request: Any, kw: dict, wait: bool) -> Any:
         rt = _runtime.get()
         budget = _wait_budget(kw.get("timeout"))

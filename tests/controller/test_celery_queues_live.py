@@ -84,7 +84,10 @@ def test_configmap_carries_queues_while_the_gray_worker_is_ready_and_drops_them_
         assert cm_lane(next(o for rv, k, t, o in rec.events if rv == dropped and k == "ConfigMap")) == \
             {"fallback": "base", "routes": {A: f"{A}-gray"}}
         assert "queues" not in status(gb_kube, ns, "rollout-w")
-
+    finally:
+        rec.stop()
+    rec = Recorder(k8s_cluster.api_client(), ns)      # a fresh watch (each one lasts 60 s)
+    try:
         # ---- a bad annotation on a: a condition and a Warning Event, the table keeps its good shape
         k8s_cluster.kubectl("-n", ns, "annotate", "--overwrite", f"deployment/{A}",
                             f"{n.CELERY_QUEUES_ANN}=tasks,bad name")

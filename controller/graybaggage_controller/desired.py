@@ -338,7 +338,7 @@ def lane_table_entry(entry: Mapping[str, Any] | None) -> Obj | None:
     (GRAYBAGGAGE_EDGE=1) behind nginx dyes exactly the traffic nginx routes to it."""
     if entry is None:
         return None
-    from .entry.base import dye_rules, route_of
+    from .entry.model import dye_rules, route_of
     out = {k: copy.deepcopy(v) for k, v in entry.items() if k not in ENTRY_ROUTING_KEYS}
     kind, _name, class_type = route_of(entry)
     if kind == "ingress" and class_type == "nginx":

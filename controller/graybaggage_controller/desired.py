@@ -409,12 +409,15 @@ def lane_status(lane: Mapping[str, Any], releases: Iterable[Mapping[str, Any]]) 
         if (r.get("spec") or {}).get("lane") != tag:
             continue
         st = r.get("status") or {}
-        members.append({
+        member = {
             "release": meta(r)["name"],
             "workload": ((r.get("spec") or {}).get("workloadRef") or {}).get("name"),
             "phase": st.get("phase") or "",
             "routes": dict(st.get("routes") or {}),
-        })
+        }
+        if isinstance(st.get("queues"), list) and st["queues"]:
+            member["queues"] = [str(q) for q in st["queues"]]      # Celery queues it has published
+        members.append(member)
     return {
         "observedGeneration": meta(lane).get("generation"),
         "memberCount": len(members),

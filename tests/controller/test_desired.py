@@ -285,6 +285,13 @@ def test_lane_table_queues(rule, releases, queue_overrides, want):
         assert "queues" not in t["lanes"][tag]
 
 
+def test_lane_status_lists_a_members_queues_only_when_it_has_some():
+    st = d.lane_status(GRAY_LANE, [_rel("rollout-w", queues=["default"]), _rel("rollout-a", routes={"a": "a-gray"})])
+    by = {m["release"]: m for m in st["members"]}
+    assert by["rollout-w"]["queues"] == ["default"] and "queues" not in by["rollout-a"]
+    assert st["routedCount"] == 1
+
+
 def test_lane_table_queues_are_read_by_the_library():
     table_mod = pytest.importorskip("graybaggage.table")
     t = d.build_lane_table(NS, [GRAY_LANE], [_rel("rollout-w", routes={"a": "a-gray"}, queues=["default"])])

@@ -308,8 +308,8 @@ def build_lane_table(namespace: str, lanes: Iterable[Mapping[str, Any]],
         if table_entry is not None:
             entry["entry"] = table_entry
         by_tag[tag] = entry
-    for release in sorted(releases, key=lambda o: meta(o).get("name")):
-        name = meta(release).get("name")
+    for release in sorted(releases, key=lambda o: meta(o).get("name") or ""):
+        name = str(meta(release).get("name") or "")
         tag = (release.get("spec") or {}).get("lane")
         if tag not in by_tag:
             continue
@@ -361,7 +361,7 @@ def lane_status_entry(lane: Mapping[str, Any], conditions: list[Obj] | None, det
     for c in conditions:
         prev = before.get(c["type"])
         same = prev and prev.get("status") == c["status"] and prev.get("reason") == c["reason"]
-        out.append({**c, "lastTransitionTime": prev.get("lastTransitionTime") if same else now})
+        out.append({**c, "lastTransitionTime": prev.get("lastTransitionTime") if prev and same else now})
     result: dict[str, Any] = {"conditions": out}
     if detail:
         result["entry"] = dict(detail)
@@ -405,7 +405,7 @@ def lane_table_configmap(namespace: str, text: str) -> Obj:
 def lane_status(lane: Mapping[str, Any], releases: Iterable[Mapping[str, Any]]) -> Obj:
     tag = (lane.get("spec") or {}).get("tag")
     members = []
-    for r in sorted(releases, key=lambda o: meta(o).get("name")):
+    for r in sorted(releases, key=lambda o: meta(o).get("name") or ""):
         if (r.get("spec") or {}).get("lane") != tag:
             continue
         st = r.get("status") or {}

@@ -415,7 +415,8 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
 
     # ---- steps
     same = st.get("canaryRevision") == current
-    step = st.get("currentStep") if same and isinstance(st.get("currentStep"), int) else 0
+    recorded = st.get("currentStep")
+    step = recorded if same and isinstance(recorded, int) else 0
     started = parse_iso(st.get("stepStartedAt")) if same else None
     promoting = same and st.get("phase") == Phase.PROMOTING
     if not promoting and step < len(steps) and ann.get(n.APPROVE_ANN) == f"{current}/{step}":

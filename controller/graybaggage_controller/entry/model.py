@@ -162,7 +162,7 @@ def intents(lanes: Iterable[Mapping[str, Any]], table: Mapping[str, Any]) -> tup
         service = entry["service"]
         weight = entry.get("weight")
         out.append(Intent(
-            lane=meta.get("name"), tag=tag, header=header, service=service, kind=kind, route=name,
+            lane=str(meta.get("name") or ""), tag=tag, header=header, service=service, kind=str(kind), route=str(name),
             class_type=class_type, matches=tuple(entry.get("matches") or ()),
             weight=None if weight is None else int(weight),
             set_headers=tuple(set_headers_of(entry, header, tag)),

@@ -292,7 +292,9 @@ def serve() -> None:
         import uvicorn
 
         app = {"asgi": lambda: asgi_app, "starlette": make_starlette, "fastapi": make_fastapi}[KIND]()
-        uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", access_log=False)
+        # keep-alive longer than uvicorn's 5 s: on a loaded machine a client may reuse a pooled connection just
+        # as the server times it out (a reset seen in test_concurrency); uvicorn still closes idle ones at stop
+        uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", access_log=False, timeout_keep_alive=30)
         return
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
     from socketserver import ThreadingMixIn
@@ -306,7 +308,10 @@ def serve() -> None:
 
     class Quiet(WSGIRequestHandler):
         protocol_version = "HTTP/1.1"
-        timeout = 2  # idle keep-alive connections close, so a graceful stop finishes
+        # how long a connection may take to send its request: wsgiref answers one request per connection
+        # (HTTP/1.0), so this bounds only a client's silence. 2 s cut off clients a loaded 2-core machine had
+        # not scheduled yet ("Server disconnected without sending a response" in test_concurrency)
+        timeout = 30
 
         def handle_one_request(self):
             super().handle_one_request()

@@ -46,13 +46,13 @@ while True:
     gen = src.generation
     if gen != last:
         last, table = gen, src.value
-        lane = ((table.raw or {}).get("lanes") or {}).get("gray")
+        lane = table.lanes.get("gray")
         decide = {}
         for app in apps:
             r = table.decide("gray", app, 20001, ns)
             decide[app] = r.host if r else None
         print(json.dumps({"gen": gen, "loaded_at": src.loaded_at, "seen_at": time.time(),
-                          "routes": None if lane is None else lane.get("routes"), "decide": decide}), flush=True)
+                          "routes": None if lane is None else dict(lane.raw_routes), "decide": decide}), flush=True)
     time.sleep(0.002)
 """
 

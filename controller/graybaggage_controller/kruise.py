@@ -327,6 +327,12 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
     return Plan(lanes, services_out, delete, pins, views, managed)
 
 
+def summary(p: Plan) -> str:
+    """One line for the log: each Rollout's reason (and tag when it is a member), the lane table's Kruise lanes."""
+    parts = [f"{v.rollout} {v.reason}" + (f" {v.tag}" if v.member else "") for v in p.views]
+    return ", ".join(parts) or "no Rollouts"
+
+
 def merge_lanes(table: Mapping[str, Any], lanes: Mapping[str, Mapping[str, str]]) -> Obj:
     """The lane table with Kruise lanes added: a tag a Lane object already has gets the routes merged in
     (the Lane's fallback and entry stay); a new tag gets `fallback: base`."""

@@ -6,7 +6,10 @@ One pass per namespace (`KruiseMode.reconcile`), under the Reconciler's namespac
    exists, and leave as soon as the Rollout is Finalising/Cancelling, before Kruise resumes the base;
 3. base Service pins (pin / follow the newest ready base ReplicaSet / unpin when no canary pod is left);
 4. lane Services of finished canaries deleted (only once the canary Deployment is gone).
-Kruise's own objects are only read.
+Kruise's own objects are only read. Besides watch events, every namespace seen is passed again each `resync`
+seconds (level-triggered, like the GrayRelease timers); a pass that finds everything in place writes nothing.
+One INFO line per namespace whenever what graybaggage makes of its Rollouts changes (`summary()`), e.g.
+`Kruise mode demo: rollout-a Member gray, rollout-b NoCanary`; each pass at DEBUG with its number of writes.
 """
 
 from __future__ import annotations
@@ -29,9 +32,15 @@ TRAFFIC_ROUTINGS = "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/trafficrou
 
 
 class KruiseMode:
-    def __init__(self, kube: Kube, rec: Any):
+    def __init__(self, kube: Kube, rec: Any, resync: float | None = None, leading: Any = None):
         self.kube = kube
         self.rec = rec
+        self.resync = resync
+        self.leading = leading or (lambda: True)
+        self._known: set[str] = set()
+        self._resyncing = False
+        self._summary: dict[str, str] = {}
+        self.passes: dict[str, int] = {}
         self._lanes: dict[str, dict[str, dict[str, str]]] = {}
         self._managed: dict[str, dict[str, str]] = {}
         self._served: str | None = None
@@ -114,11 +123,26 @@ class KruiseMode:
         in, so a pass always starts from a view newer than the last event, and the base pin follows a new
         ReplicaSet within about one pass instead of behind a queue of stale ones."""
         with self._guard:
+            self._known.add(namespace)
+            start_resync = bool(self.resync) and not self._resyncing
+            self._resyncing = self._resyncing or start_resync
             self._dirty.add(namespace)
-            if namespace in self._draining:
-                return
+            draining = namespace in self._draining
             self._draining.add(namespace)
-        threading.Thread(target=self._drain, args=(namespace,), name=f"kruise-{namespace}", daemon=True).start()
+        if start_resync:
+            threading.Thread(target=self._resync_loop, name="kruise-resync", daemon=True).start()
+        if not draining:
+            threading.Thread(target=self._drain, args=(namespace,), name=f"kruise-{namespace}", daemon=True).start()
+
+    def _resync_loop(self) -> None:
+        while True:
+            time.sleep(self.resync or 5.0)
+            if not self.leading():
+                continue
+            with self._guard:
+                known = sorted(self._known)
+            for namespace in known:
+                self.poke(namespace)
 
     def _drain(self, namespace: str) -> None:
         while True:
@@ -142,6 +166,7 @@ class KruiseMode:
             if p is None:
                 return None
             kube = self.kube
+            writes = len(p.services) + len(p.pins) + len(p.delete_services)
             for body in p.services:
                 name = body["metadata"]["name"]
                 current = kube.get("Service", namespace, name)
@@ -172,6 +197,13 @@ class KruiseMode:
                 log.info("Kruise lane Service %s/%s deleted (canary gone)", namespace, name)
             for v in p.views:
                 log.debug("rollout %s/%s: %s %s", namespace, v.rollout, v.reason, v.message)
+            summary = k.summary(p)
+            with self._guard:
+                self.passes[namespace] = count = self.passes.get(namespace, 0) + 1
+                said, self._summary[namespace] = self._summary.get(namespace), summary
+            log.debug("Kruise pass %s #%d: %d writes", namespace, count, writes)
+            if summary != said:
+                log.info("Kruise mode %s: %s", namespace, summary)
             return p
 
     def guard_release(self, namespace: str, name: str) -> bool:

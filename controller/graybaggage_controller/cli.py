@@ -333,6 +333,17 @@ def kruise_status(kube: Kube, ns: str | None) -> tuple[list[dict], list[str]] | 
             (kube.request("GET", f"/apis/{k.GROUP}/v1alpha1/{scope}trafficroutings") or {}).get("items") or []))
         deploys = read("deployments", lambda: kube.list("Deployment", ns))
 
+    if rollouts and version == "v1beta1":   # a v1alpha1 GET goes through Kruise's conversion webhook
+        first = d.meta(rollouts[0])
+        try:
+            kube.request("GET", f"/apis/{k.GROUP}/v1alpha1/namespaces/{first.get('namespace')}/rollouts/"
+                         f"{first.get('name')}")
+        except KubeError as e:
+            down = k.manager_down(e.status, (e.body.get("message") if isinstance(e.body, dict) else None) or str(e))
+            if down:
+                notes.append(f"Kruise Rollout manager not answering ({down}): the controller keeps these lanes, "
+                             "lane Services and pins as they are until it answers")
+
     def of(items: list[dict] | None, space: str) -> list[dict]:
         return [o for o in items or [] if d.meta(o).get("namespace") == space]
 

@@ -327,6 +327,21 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
     return Plan(lanes, services_out, delete, pins, views, managed)
 
 
+def manager_down(status: int, message: str) -> str | None:
+    """Why Kruise Rollout's manager looks down, from the API server's answer to a read of Rollouts in a version
+    other than the stored one (that read goes through Kruise's conversion webhook, served by its manager);
+    None when the answer does not say so (any other error is not about the manager)."""
+    text = " ".join(str(message or "").split())
+    if int(status or 0) < 500 or "conversion webhook" not in text:
+        return None
+    for needle, says in (("connection refused", "its webhook refuses connections"),
+                         ("no endpoints available", "its webhook Service has no endpoints"),
+                         ("timeout", "its webhook timed out"), ("deadline exceeded", "its webhook timed out")):
+        if needle in text.lower():
+            return says
+    return "its conversion webhook fails: " + text[:200]
+
+
 def summary(p: Plan) -> str:
     """One line for the log: each Rollout's reason (and tag when it is a member), the lane table's Kruise lanes."""
     parts = [f"{v.rollout} {v.reason}" + (f" {v.tag}" if v.member else "") for v in p.views]

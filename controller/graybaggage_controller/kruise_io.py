@@ -10,6 +10,13 @@ Kruise's own objects are only read. Besides watch events, every namespace seen i
 seconds (level-triggered, like the GrayRelease timers); a pass that finds everything in place writes nothing.
 One INFO line per namespace whenever what graybaggage makes of its Rollouts changes (`summary()`), e.g.
 `Kruise mode demo: rollout-a Member gray, rollout-b NoCanary`; each pass at DEBUG with its number of writes.
+
+Kruise manager down: while Rollouts exist, at most once per `resync` a pass GETs one Rollout in v1alpha1 (not the
+stored version: the API server reads it from etcd and asks Kruise's conversion webhook, served by the manager;
+a list would come from the watch cache, converted when it was filled, and answer without the manager). When that says the
+manager does not answer, one WARNING line, and the passes write nothing (lane table, lane Services and pins
+stay as they are: a Kruise that is gone must not drop a lane or unpin a base) until it answers again (one INFO
+line).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ class KruiseMode:
         self._resyncing = False
         self._summary: dict[str, str] = {}
         self.passes: dict[str, int] = {}
+        self._down: dict[str, str | None] = {}
+        self._probed: dict[str, float] = {}
         self._lanes: dict[str, dict[str, dict[str, str]]] = {}
         self._managed: dict[str, dict[str, str]] = {}
         self._served: str | None = None
@@ -84,6 +93,33 @@ class KruiseMode:
         return {"rollouts": rollouts, "trs": self._list(TRAFFIC_ROUTINGS.format(ns=ns)),
                 "deploys": self.kube.list("Deployment", namespace), "rss": self.kube.list("ReplicaSet", namespace),
                 "pods": self.kube.list("Pod", namespace), "svcs": self.kube.list("Service", namespace)}
+
+    def manager_down(self, namespace: str, rollouts: list[dict]) -> str | None:
+        """Why Kruise's manager does not answer (None: it does, or nothing to ask); probed at most once per
+        `resync` seconds per namespace, the answer kept in between."""
+        if self._served != "v1beta1" or not rollouts:
+            return None
+        now = time.monotonic()
+        if namespace in self._probed and now - self._probed[namespace] < (self.resync or 5.0):
+            return self._down.get(namespace)
+        self._probed[namespace] = now
+        from urllib.parse import quote
+        name = quote(d.meta(rollouts[0]).get("name") or "")
+        try:    # one GET (a list is served from the watch cache, converted when it was filled: no webhook call)
+            self.kube.request("GET", ROLLOUTS["v1alpha1"].format(ns=quote(namespace)) + "/" + name)
+            down = None
+        except KubeError as e:
+            body = e.body.get("message") if isinstance(e.body, dict) else None
+            down = k.manager_down(e.status, body or str(e))
+            if down is None and e.status not in (403, 404):
+                raise
+        was, self._down[namespace] = self._down.get(namespace), down
+        if down and not was:
+            log.warning("Kruise Rollout manager not answering (%s): keeping the Kruise lanes of %s as they are "
+                        "(lane table, lane Services, base pins) until it answers", down, namespace)
+        elif was and not down:
+            log.info("Kruise Rollout manager answering again: Kruise mode resumes in %s", namespace)
+        return down
 
     def plan(self, namespace: str) -> k.Plan | None:
         seen = self.observe(namespace)
@@ -162,9 +198,15 @@ class KruiseMode:
     # ---------------------------------------------------------------- the pass
     def reconcile(self, namespace: str) -> k.Plan | None:
         with self.rec.lock(namespace):
-            p = self.plan(namespace)
-            if p is None:
+            seen = self.observe(namespace)
+            if seen is None:
                 return None
+            p = k.plan(seen["rollouts"], seen["trs"], seen["deploys"], seen["rss"], seen["pods"], seen["svcs"])
+            if self.manager_down(namespace, seen["rollouts"]):
+                with self._guard:
+                    self.passes[namespace] = count = self.passes.get(namespace, 0) + 1
+                log.debug("Kruise pass %s #%d: 0 writes (Kruise manager down)", namespace, count)
+                return p
             kube = self.kube
             writes = len(p.services) + len(p.pins) + len(p.delete_services)
             for body in p.services:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -308,11 +309,13 @@ def lane_ready(cluster, ns, svc) -> int:
 
 
 @pytest.mark.parametrize("kruise_manager", ["v0.6.2"], indirect=True)
-def test_status_and_restart_mid_release(kruise_manager, k8s_cluster, gb_controller, gb_kube, tmp_path):
+def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster, gb_controller, gb_kube, tmp_path):
     """Mid-release (a's canary ready, lane in the table, base pinned): `kubectl graybaggage status/get` show
     the Kruise lanes (full RBAC, then view + graybaggage-release-operator: partial, with a line saying what
     could not be read); then the controller is killed and started again: nothing it writes changes (same
-    resourceVersions after its first pass and after two more resync passes), and the lane is still served."""
+    resourceVersions after its first pass and after two more resync passes), and the lane is still served;
+    then Kruise's manager is stopped: one line in our log, still nothing changes, `status` says so; restarted,
+    one line that it answers again, and still nothing changes."""
     from pathlib import Path
 
     from .test_cli import plugin
@@ -398,3 +401,40 @@ def test_status_and_restart_mid_release(kruise_manager, k8s_cluster, gb_controll
     assert routes(gb_kube, ns) == {"spring-cloud-a": "spring-cloud-a-gray"}
     assert lane_ready(k8s_cluster, ns, "spring-cloud-a-gray") >= 1
     assert gb_kube.get("Service", ns, "spring-cloud-a")["spec"]["selector"][n.POD_TEMPLATE_HASH] == stable
+
+    # ---- Kruise manager down mid-release: one line, nothing of ours changes, status says so
+    down_line = "Kruise Rollout manager not answering (its webhook refuses connections): keeping the Kruise lanes"
+
+    def since_start() -> str:
+        return gb_controller.log().split(f"===== start #{start} =====", 1)[-1]
+
+    kruise_manager.stop_process()
+    try:
+        # what the controller probes: a GET of one Rollout in v1alpha1 needs Kruise's conversion webhook
+        probe = kc("get", "rollouts.v1alpha1.rollouts.kruise.io", "rollout-a", "-n", ns, check=False)
+        assert probe.returncode != 0 and "conversion webhook" in probe.stderr, (probe.stdout, probe.stderr)
+        wait_for(lambda: down_line in since_start(), 60, "the manager-down line")
+        frozen = len(passes(gb_controller, ns, start))
+        wait_for(lambda: len(passes(gb_controller, ns, start)) >= frozen + 3, 60, "three passes with Kruise down")
+        assert since_start().count("Kruise Rollout manager not answering") == 1
+        assert our_versions(gb_kube, ns) == before
+        assert routes(gb_kube, ns) == {"spring-cloud-a": "spring-cloud-a-gray"}
+        assert lane_ready(k8s_cluster, ns, "spring-cloud-a-gray") >= 1
+        res = plugin("status", "-n", ns, kubeconfig=k8s_cluster.kubeconfig)
+        assert res.returncode == 0, res.stderr
+        assert "(Kruise Rollout manager not answering (its webhook refuses connections): the controller keeps " \
+               "these lanes, lane Services and pins as they are until it answers)" in res.stdout.splitlines(), \
+            res.stdout
+        assert any(ln.split()[:4] == ["rollout-a", "spring-cloud-a", "gray", "Member"]
+                   for ln in res.stdout.splitlines()), res.stdout
+    finally:
+        if not kruise_manager.alive():
+            kruise_manager.start_process()
+            deadline = time.monotonic() + 120
+            kruise_manager.wait(kruise_manager._webhooks_ready, deadline, "webhooks back")
+            kruise_manager.wait(kruise_manager._serving, deadline, "serving again")
+    wait_for(lambda: "Kruise Rollout manager answering again: Kruise mode resumes in " + ns in since_start(), 60,
+             "the manager-back line")
+    wait_for(lambda: len(passes(gb_controller, ns, start)) >= frozen + 6, 60, "passes after the manager is back")
+    assert our_versions(gb_kube, ns) == before
+    assert set(passes(gb_controller, ns, start)) == {0}, passes(gb_controller, ns, start)

@@ -7,7 +7,9 @@
     kubectl graybaggage lanes [-n NS | -A] [-o table|json|yaml]
     kubectl graybaggage version | completion bash
 
-NAME may be written `rollout-a`, `rollout/rollout-a`, `grayrelease/rollout-a` or `gr/rollout-a`.
+NAME may be written `rollout-a`, `rollout/rollout-a`, `grayrelease/rollout-a` or `gr/rollout-a`. With Kruise
+Rollout installed, `status` also lists Kruise Rollouts (Kruise mode lanes), and `status NAME` / `get NAME` show a
+Kruise Rollout when no GrayRelease has that name (read-only; partial, with a line, where access is missing).
 approve/rollback only write an annotation on the GrayRelease (graybaggage.io/approve = "<canary>/<step>",
 graybaggage.io/rollback = "<canary>"); the controller acts on it. `--watch` polls the API server once per
 `--interval` (default 1 s). Errors are one line on stderr; the exit code says which kind (see EXIT_CODES).

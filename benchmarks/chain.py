@@ -314,7 +314,7 @@ def wait_ready(servers: list[Server], timeout: float = 40.0) -> None:
                 break
             except Exception:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{s.name} not ready on {s.url}; log {s.log}:\n{s.log.read_text()[-3000:]}")
+                    raise RuntimeError(f"{s.name} not ready on {s.url}; log {s.log}:\n{s.log.read_text()[-3000:]}") from None
                 time.sleep(0.2)
 
 
@@ -763,7 +763,7 @@ def show_profile(d: Path) -> int:
         requests = 0
         own = 0.0
         rows: dict[str, list[float]] = {}
-        for (fn, line, func), (cc, nc, tt, ct, callers) in st.stats.items():  # type: ignore[attr-defined]
+        for (fn, line, func), (_cc, nc, tt, _ct, callers) in st.stats.items():  # type: ignore[attr-defined]
             where = "/".join(fn.split("/")[-2:]) + f":{line}({func})"
             if fn.endswith("chain_app.py") and func in ("hop1", "hop2"):
                 requests += nc
@@ -773,7 +773,7 @@ def show_profile(d: Path) -> int:
                 r[0] += tt
                 r[2] += nc
                 continue
-            for (cfn, cline, cfunc), edge in callers.items():
+            for (cfn, _cline, cfunc), edge in callers.items():
                 if "/graybaggage/" not in cfn:
                     continue
                 e_nc, e_ct = edge[1], edge[3]

@@ -68,7 +68,7 @@ def count(cfg: chain.Config, shim: Path, n: int, workdir: Path) -> int:
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{cfg.name}: servers did not start under valgrind; logs in {logdir}")
+                        raise RuntimeError(f"{cfg.name}: servers did not start under valgrind; logs in {logdir}") from None
                     time.sleep(1)
         for _ in range(n):
             _get(f"http://{chain.HOST}:{p2 + 1}/", {"x-mse-tag": chain.LANE})

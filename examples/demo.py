@@ -109,7 +109,7 @@ def start(workdir: Path, out=sys.stdout) -> dict[str, str]:
                 proc = subprocess.Popen(_graybaggage() + [sys.executable, str(APP)], env=env, stdout=f,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                         # the child must not inherit the held signals
-                                        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, held))
+                                        preexec_fn=lambda held=held: signal.pthread_sigmask(signal.SIG_SETMASK, held))
             _procs.append(proc)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)

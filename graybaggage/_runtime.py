@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any
 
 from graybaggage import config
 from graybaggage.inbound import Inbound

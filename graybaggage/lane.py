@@ -6,7 +6,7 @@ restricted to an allow-list. Everything else is rejected with a *kind* (used to 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Iterable
 from urllib.parse import unquote
 
 from opentelemetry import baggage
@@ -134,17 +134,17 @@ def baggage_update(current: str | None, key: str, lane: str, send: bool) -> str 
 _valid: dict[str, bool] = {}
 
 
-def _baggage_key() -> object | None:
+def _baggage_key() -> Any:
     """OpenTelemetry's (private) context key of the baggage dict, when it is where graybaggage expects it."""
-    key = getattr(baggage, "_BAGGAGE_KEY", None)
+    key: Any = getattr(baggage, "_BAGGAGE_KEY", None)
     try:  # check the layout once: set_baggage must store a plain dict under that key
-        probe = baggage.set_baggage("graybaggage-probe", "1", Context())
+        probe: Any = baggage.set_baggage("graybaggage-probe", "1", Context())
         return key if isinstance(probe.get(key), dict) and probe[key].get("graybaggage-probe") == "1" else None
     except Exception:  # noqa: BLE001 - any surprise means: use the public API
         return None
 
 
-_BAGGAGE_KEY = _baggage_key()
+_BAGGAGE_KEY: Any = _baggage_key()
 
 
 def baggage_value(key: str, context: Context | None = None) -> object | None:
@@ -159,13 +159,13 @@ def baggage_value(key: str, context: Context | None = None) -> object | None:
 def get_lane(key: str, context: Context | None = None) -> str | None:
     """The lane stored in baggage under ``key`` in ``context`` (default: current), if valid."""
     value = baggage_value(key, context)
-    if value is None:
+    if not isinstance(value, str):  # absent, or something other than a lane put there
         return None
-    ok = _valid.get(value)  # type: ignore[call-overload]
+    ok = _valid.get(value)
     if ok is None:
         ok = is_valid_lane(value)
         if len(_valid) < 256:  # lanes are few; the cache cannot be grown by hostile values without bound
-            _valid[value] = ok  # type: ignore[index]
+            _valid[value] = ok
     return value if ok else None
 
 
@@ -209,12 +209,12 @@ def lane_from_carrier(
         lane, problem = check_lane(raw.strip(" \t"), allowed)
         return lane, problem, True
     if baggage_header:
-        raw, problem = baggage_entry(baggage_header, key, max_baggage_bytes)
+        member, problem = baggage_entry(baggage_header, key, max_baggage_bytes)
         if problem is not None:
             return None, problem, True
-        if raw is None:
+        if member is None:
             return None, None, False
-        lane, problem = check_lane(raw, allowed)
+        lane, problem = check_lane(member, allowed)
         return lane, problem, True
     return None, None, False
 
@@ -247,7 +247,7 @@ class CarrierReader:
             memo = (False, baggage_header)
         else:
             return None, None, False
-        verdict = self._verdicts.get(memo)  # type: ignore[arg-type]
+        verdict = self._verdicts.get(memo)
         if verdict is None:
             verdict = lane_from_carrier(header_values, baggage_header, self.key, self.allowed, self.max_baggage_bytes)
             if isinstance(memo[1], str) and len(memo[1]) <= self.value_max:

@@ -61,9 +61,9 @@ def _split(value: str) -> tuple[str, int | None]:
         host, port_s = m.groups()
         if port_s is None:
             return host, None
-        port = int(port_s)
-        if 0 < port < 65536:
-            return host, port
+        number = int(port_s)
+        if 0 < number < 65536:
+            return host, number
     value = value.strip()
     if not value:
         raise TableError("empty host")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+import re
+from typing import Any, Iterable, Mapping, Sequence
 
 from . import names as n
 
@@ -244,18 +245,56 @@ def unpin_patch(svc: Mapping[str, Any]) -> Obj | None:
     }
 
 
+# ---------------------------------------------------------------------------------------------- celery queues
+
+#: a queue name the controller publishes: letters, digits, `_ . : -`, not starting with `.`, `:` or `-`
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
+#: the longest lane queue `<queue>-<tag>` (AMQP's limit for a queue name; the library's for a table entry)
+QUEUE_MAX = 255
+
+
+def queue_name_ok(name: Any, tag: str) -> bool:
+    return isinstance(name, str) and bool(QUEUE_NAME.fullmatch(name)) and len(name) + 1 + len(tag) <= QUEUE_MAX
+
+
+def celery_queues(workload: Mapping[str, Any] | None, tag: str) -> tuple[list[str] | None, str | None]:
+    """The Celery queues a Deployment's workers consume, from its `graybaggage.io/celery-queues` annotation.
+
+    Returns (queues, error): (None, None) without the annotation (opt-in: nothing is published); the sorted,
+    de-duplicated names when every one is valid; (None, message) when any is not: then none is published,
+    so a typo never sends tasks to a queue no worker consumes."""
+    raw = annotations_of(workload).get(n.CELERY_QUEUES_ANN)
+    if raw is None:
+        return None, None
+    where = f"annotation {n.CELERY_QUEUES_ANN}={raw!r}"
+    if not isinstance(raw, str) or not raw.strip():
+        return None, f"{where} lists no queue (expected comma-separated Celery queue names, e.g. \"default,emails\")"
+    names = [part.strip() for part in raw.split(",")]
+    bad = [name for name in names if not queue_name_ok(name, tag)]
+    if bad:
+        shown = ", ".join(repr(b) for b in bad)
+        return None, (f"{where}: invalid queue name(s) {shown} (a name is letters, digits, '_', '.', ':' or '-', "
+                      f"starts with a letter, digit or '_', and <name>-{tag} is at most {QUEUE_MAX} characters); "
+                      f"no queue is published")
+    return sorted(set(names)), None
+
+
 # ---------------------------------------------------------------------------------------------- lane table
 
 def build_lane_table(namespace: str, lanes: Iterable[Mapping[str, Any]],
                      releases: Iterable[Mapping[str, Any]],
-                     overrides: Mapping[str, Mapping[str, str]] | None = None) -> Obj:
+                     overrides: Mapping[str, Mapping[str, str]] | None = None,
+                     queue_overrides: Mapping[str, Sequence[str]] | None = None) -> Obj:
     """The lane table (docs/lane-table.md, version 1) without its revision.
 
     Lanes come from Lane objects (not being deleted; the oldest wins a duplicated tag); each lane's routes
     come from the GrayReleases in that lane: `status.routes`, or `overrides[<release name>]` for a release
-    whose new routes are not in its status yet.
+    whose new routes are not in its status yet. Its Celery queues likewise: `status.queues`, or
+    `queue_overrides[<release name>]`; a lane gets `queues` only when some release in it has any (opt-in: a
+    reader older than the field refuses the table), and a name that is not valid is never published.
     """
     overrides = overrides or {}
+    queue_overrides = queue_overrides or {}
     by_tag: dict[str, Obj] = {}
     for lane in sorted(lanes, key=lambda o: (meta(o).get("creationTimestamp") or "", meta(o).get("name"))):
         if meta(lane).get("deletionTimestamp"):
@@ -269,13 +308,20 @@ def build_lane_table(namespace: str, lanes: Iterable[Mapping[str, Any]],
         if table_entry is not None:
             entry["entry"] = table_entry
         by_tag[tag] = entry
-    for release in sorted(releases, key=lambda o: meta(o).get("name")):
-        name = meta(release).get("name")
+    for release in sorted(releases, key=lambda o: meta(o).get("name") or ""):
+        name = str(meta(release).get("name") or "")
         tag = (release.get("spec") or {}).get("lane")
         if tag not in by_tag:
             continue
         routes = overrides[name] if name in overrides else ((release.get("status") or {}).get("routes") or {})
         by_tag[tag]["routes"].update({str(k): str(v) for k, v in routes.items()})
+        queues = queue_overrides[name] if name in queue_overrides else \
+            ((release.get("status") or {}).get("queues") or [])
+        if isinstance(queues, (list, tuple)):
+            good = {q for q in queues if queue_name_ok(q, tag)}
+            if good:
+                entry_queues = by_tag[tag].setdefault("queues", {"version": n.QUEUES_VERSION, "celery": []})
+                entry_queues["celery"] = sorted(good | set(entry_queues["celery"]))
     return {"version": n.TABLE_VERSION, "namespace": namespace, "lanes": by_tag}
 
 
@@ -292,7 +338,7 @@ def lane_table_entry(entry: Mapping[str, Any] | None) -> Obj | None:
     (GRAYBAGGAGE_EDGE=1) behind nginx dyes exactly the traffic nginx routes to it."""
     if entry is None:
         return None
-    from .entry.base import dye_rules, route_of
+    from .entry.model import dye_rules, route_of
     out = {k: copy.deepcopy(v) for k, v in entry.items() if k not in ENTRY_ROUTING_KEYS}
     kind, _name, class_type = route_of(entry)
     if kind == "ingress" and class_type == "nginx":
@@ -315,7 +361,7 @@ def lane_status_entry(lane: Mapping[str, Any], conditions: list[Obj] | None, det
     for c in conditions:
         prev = before.get(c["type"])
         same = prev and prev.get("status") == c["status"] and prev.get("reason") == c["reason"]
-        out.append({**c, "lastTransitionTime": prev.get("lastTransitionTime") if same else now})
+        out.append({**c, "lastTransitionTime": prev.get("lastTransitionTime") if prev and same else now})
     result: dict[str, Any] = {"conditions": out}
     if detail:
         result["entry"] = dict(detail)
@@ -359,16 +405,19 @@ def lane_table_configmap(namespace: str, text: str) -> Obj:
 def lane_status(lane: Mapping[str, Any], releases: Iterable[Mapping[str, Any]]) -> Obj:
     tag = (lane.get("spec") or {}).get("tag")
     members = []
-    for r in sorted(releases, key=lambda o: meta(o).get("name")):
+    for r in sorted(releases, key=lambda o: meta(o).get("name") or ""):
         if (r.get("spec") or {}).get("lane") != tag:
             continue
         st = r.get("status") or {}
-        members.append({
+        member = {
             "release": meta(r)["name"],
             "workload": ((r.get("spec") or {}).get("workloadRef") or {}).get("name"),
             "phase": st.get("phase") or "",
             "routes": dict(st.get("routes") or {}),
-        })
+        }
+        if isinstance(st.get("queues"), list) and st["queues"]:
+            member["queues"] = [str(q) for q in st["queues"]]      # Celery queues it has published
+        members.append(member)
     return {
         "observedGeneration": meta(lane).get("generation"),
         "memberCount": len(members),

@@ -29,6 +29,14 @@ SPEC_HASH_ANN = "graybaggage.io/spec-hash"
 #: on a pinned base Service: its original selector (JSON) and the GrayRelease that pinned it.
 ORIGINAL_SELECTOR_ANN = "graybaggage.io/original-selector"
 PINNED_BY_ANN = "graybaggage.io/pinned-by"
+#: on the user's Deployment (opt-in): the Celery queues its workers consume, comma-separated
+#: ("default,emails"). While the gray Deployment has a ready pod, the lane table lists them under
+#: `lanes.<tag>.queues.celery`, so producers in the lane send those tasks to `<queue>-<tag>`.
+CELERY_QUEUES_ANN = "graybaggage.io/celery-queues"
+#: the version of `lanes.<tag>.queues` the controller writes (docs/lane-table.md, "Task queues")
+QUEUES_VERSION = 1
+#: GrayRelease condition type reporting the Celery queues annotation (present only with the annotation)
+CELERY_QUEUES_CONDITION = "CeleryQueues"
 #: on a GrayRelease, written by `kubectl-graybaggage approve`: "<canaryRevision>/<step>".
 APPROVE_ANN = "graybaggage.io/approve"
 #: on a GrayRelease, written by `kubectl-graybaggage rollback`: "<canaryRevision>".

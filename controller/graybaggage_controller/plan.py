@@ -20,7 +20,10 @@ So a base Service never selects a gray pod, and no route names a lane Service th
 Facts persisted in the GrayRelease's status and read back (everything else is derived from the cluster):
 `canaryRevision` + `phase == Promoting` (an approval was taken; the approve annotation may be gone),
 `currentStep` / `stepStartedAt` (approvals and timed pauses), `routes` (what this release has published in
-the lane table: non-empty means the table may still route to its lane Services).
+the lane table: non-empty means the table may still route to its lane Services), `queues` (the Celery queues
+it has published, from the base Deployment's `graybaggage.io/celery-queues` annotation: they follow exactly
+the rule of the routes, entering while a gray pod is ready and leaving in the same table write, so producers
+stop sending to `<queue>-<tag>` before the gray workers go).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class Plan:
     events: list[tuple[str, str, str]]   # (type, reason, message)
     done: bool = False                    # deletion: nothing of ours is left
     requeue: float | None = None
+    queues: list[str] = dataclasses.field(default_factory=list)   # Celery queues for the lane table
 
 
 # ---------------------------------------------------------------------------------------------- time
@@ -218,7 +222,7 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
                    and (own_gray is None or d.meta(dep)["name"] != d.meta(own_gray)["name"])]
     # (a)/(b) of the clean-up: the table still routes to our lane Services (published by an earlier pass; this
     # pass drops it, the next one sees it dropped), or an entry route still does / is not acknowledged yet
-    published = bool(st.get("routes"))
+    published = bool(st.get("routes")) or bool(st.get("queues"))
     pending_entry = entry_pending(obs.entry_routes, {d.meta(s)["name"] for s in own_lane_svcs})
 
     if obs.lane is None:
@@ -230,7 +234,7 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
 
     def status(phase: Phase, message: str, *, stable: str | None, canary: str | None = None,
                step: int | None = None, started: float | None = None, ready: str = "",
-               routes: Mapping[str, str] | None = None) -> Obj:
+               routes: Mapping[str, str] | None = None, queues: list[str] | None = None) -> Obj:
         if phase != st.get("phase"):
             etype = "Warning" if phase == Phase.FAILED else "Normal"
             events.append((etype, phase.value, message))
@@ -245,6 +249,7 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             "stepStartedAt": iso(started) if started is not None else None,
             "ready": ready or None,
             "routes": dict(routes or {}),
+            "queues": list(queues or []) or None,
             "conditions": conditions(st.get("conditions"), conds, iso(obs.now)),
         }
 
@@ -322,6 +327,15 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
                       f"Deployment {workload!r} not found in namespace {d.meta(gr).get('namespace')!r}"))
         return cleanup(st.get("stableRevision"), None, Phase.FAILED)
     conds.append(("WorkloadFound", "True", "DeploymentFound", f"Deployment {workload}"))
+    queue_names, queue_error = d.celery_queues(base, tag)
+    if queue_error:
+        conds.append((n.CELERY_QUEUES_CONDITION, "False", "InvalidAnnotation", queue_error))
+        prev = {c.get("type"): c for c in st.get("conditions") or []}.get(n.CELERY_QUEUES_CONDITION) or {}
+        if prev.get("status") != "False" or prev.get("message") != queue_error:
+            events.append(("Warning", "InvalidCeleryQueues", queue_error))
+    elif queue_names:
+        conds.append((n.CELERY_QUEUES_CONDITION, "True", "Valid",
+                      f"Celery queues {', '.join(queue_names)}: in the lane table while a gray pod is ready"))
 
     if obs.other_targeting:
         # Another release owns this Deployment: never touch it, not even while this one is deleted.
@@ -401,7 +415,8 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
 
     # ---- steps
     same = st.get("canaryRevision") == current
-    step = st.get("currentStep") if same and isinstance(st.get("currentStep"), int) else 0
+    recorded = st.get("currentStep")
+    step = recorded if same and isinstance(recorded, int) else 0
     started = parse_iso(st.get("stepStartedAt")) if same else None
     promoting = same and st.get("phase") == Phase.PROMOTING
     if not promoting and step < len(steps) and ann.get(n.APPROVE_ANN) == f"{current}/{step}":
@@ -489,9 +504,10 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
     gst = (own_gray or {}).get("status") or {}
     avail_n = int(gst.get("availableReplicas") or 0)
     fully = own_gray is not None and gray_current and available(own_gray, replicas)
-    kept = own_gray is not None and same and bool(st.get("routes")) and avail_n >= 1
+    kept = own_gray is not None and same and published and avail_n >= 1
     routed = bool(lane_targets) and (fully or kept)
     routes = lane_targets if routed else {}
+    queues = list(queue_names or []) if (fully or kept) else []
     acts.append(Action(Verb.TABLE))
     if own_gray is not None:
         conds.append(("CanaryAvailable", "True" if fully else "False",
@@ -500,7 +516,7 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
         conds.append(("CanaryAvailable", "False", "Creating", f"creating Deployment {want['metadata']['name']}"))
     if not services:
         conds.append(("LaneServices", "False", "NoService",
-                      f"no Service selects the pods of {base_name}; nothing to publish in the lane table"))
+                      f"no Service selects the pods of {base_name}; no routes to publish in the lane table"))
 
     ready = f"{avail_n}/{replicas}"
     if (fully or kept) and started is None:
@@ -521,7 +537,8 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
             message = f"step {step + 1}/{len(steps)}: pausing {duration}s ({left}s left)"
             requeue = max(0.5, float(left))
     return Plan(acts, routes, status(phase, message, stable=stable, canary=current, step=step, started=started,
-                                     ready=ready, routes=routes), events, requeue=requeue)
+                                     ready=ready, routes=routes, queues=queues), events, requeue=requeue,
+                queues=queues)
 
 
 def _promote(pre: list[Action], base_name: str, current: str, published: bool, pending_entry: str | None,
@@ -531,7 +548,7 @@ def _promote(pre: list[Action], base_name: str, current: str, published: bool, p
     the base stays paused and its Services pinned to the stable pods until no gray pod is left."""
     acts = pre + [Action(Verb.TABLE)]                                                               # (a)
     if published:
-        return acts, "lane routes dropped from the lane table"
+        return acts, "lane routes and queues dropped from the lane table"
     if pending_entry:                                                                               # (b)
         return acts, pending_entry
     grays = ([own_gray] if own_gray is not None else []) + stale_grays                              # (c)

@@ -206,7 +206,7 @@ class Reconciler:
             log.info("%s/%s: %s %s %s %s", ns, release, act.verb, act.kind, act.name,
                      json.dumps(act.body)[:300] if act.verb in (Verb.PATCH, Verb.PATCH_RELEASE) else "")
         if act.verb == Verb.TABLE:
-            self.sync_table(ns, overrides={release: plan.routes})
+            self.sync_table(ns, overrides={release: plan.routes}, queue_overrides={release: plan.queues})
             if ns in self._entry_namespaces:    # move the entry route with the table, before gray objects go
                 try:
                     self.sync_entries(ns, overrides={release: plan.routes})
@@ -251,13 +251,14 @@ class Reconciler:
             raise ValueError(act.verb)
 
     # ------------------------------------------------------------------------------------ lane table
-    def sync_table(self, namespace: str, overrides: dict[str, dict[str, str]] | None = None) -> dict | None:
+    def sync_table(self, namespace: str, overrides: dict[str, dict[str, str]] | None = None,
+                   queue_overrides: dict[str, list[str]] | None = None) -> dict | None:
         """Rebuild the namespace's lane table from all Lanes and GrayReleases; write only if it changed."""
         with self.lock(namespace):
             for _attempt in range(8):
                 lanes = self.kube.list("Lane", namespace)
                 releases = self.kube.list("GrayRelease", namespace)
-                want = d.build_lane_table(namespace, lanes, releases, overrides)
+                want = d.build_lane_table(namespace, lanes, releases, overrides, queue_overrides)
                 if self.table_hook is not None:
                     want = self.table_hook(namespace, want)
                 cm = self.kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)

@@ -3,6 +3,8 @@
 import copy
 import json
 
+import pytest
+
 from graybaggage_controller import desired as d
 from graybaggage_controller import names as n
 
@@ -193,3 +195,111 @@ def test_lane_table_is_read_by_the_library():
     assert route.fallback == "base"
     assert lt.decide("gray", "spring-cloud-b", 20001, caller_ns=NS) is None
     assert lt.decide("blue", "spring-cloud-a", 20001, caller_ns=NS) is None
+
+
+# ---------------------------------------------------------------------------------------------- celery queues
+# One row per rule of the `graybaggage.io/celery-queues` annotation (the base Deployment's, opt-in).
+
+def _annotated(value=None):
+    dep = deployment()
+    if value is not None:
+        dep["metadata"]["annotations"] = {n.CELERY_QUEUES_ANN: value}
+    return dep
+
+
+CELERY_QUEUE_ROWS = [
+    # (rule, annotation value or None, tag, expected queues, error contains)
+    ("no annotation: opt-in, nothing published, no error", None, "gray", None, None),
+    ("one queue", "default", "gray", ["default"], None),
+    ("comma-separated, spaces trimmed, sorted", " emails , default", "gray", ["default", "emails"], None),
+    ("duplicates collapse", "tasks,tasks", "gray", ["tasks"], None),
+    ("dots, colons, dashes and underscores are names", "_q.high:1-x", "gray", ["_q.high:1-x"], None),
+    ("empty annotation is an error", "  ", "gray", None, "lists no queue"),
+    ("an empty name between commas is an error", "a,,b", "gray", None, "invalid queue name(s) ''"),
+    ("a space inside a name is an error", "my queue", "gray", None, "'my queue'"),
+    ("a bad character is an error", "tasks,em@ils", "gray", None, "'em@ils'"),
+    ("a leading dash is an error", "-tasks", "gray", None, "'-tasks'"),
+    ("one bad name refuses the whole list", "good,bad/name", "gray", None, "no queue is published"),
+    ("<name>-<tag> at most 255 characters", "q" * 250, "gray", ["q" * 250], None),
+    ("<name>-<tag> over 255 characters is an error", "q" * 251, "gray", None, "at most 255"),
+]
+
+
+@pytest.mark.parametrize("rule,value,tag,queues,error", CELERY_QUEUE_ROWS, ids=[r[0] for r in CELERY_QUEUE_ROWS])
+def test_celery_queues_annotation(rule, value, tag, queues, error):
+    got, err = d.celery_queues(_annotated(value), tag)
+    assert got == queues
+    if error is None:
+        assert err is None
+    else:
+        assert err is not None and error in err and n.CELERY_QUEUES_ANN in err
+
+
+GRAY_LANE = {"metadata": {"name": "gray", "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"tag": "gray"}}
+BLUE_LANE = {"metadata": {"name": "blue", "creationTimestamp": "2026-01-02T00:00:00Z"}, "spec": {"tag": "blue"}}
+
+
+def _rel(name, lane="gray", routes=None, queues=None):
+    r = release(name, name.replace("rollout-", ""), lane=lane)
+    r["status"] = {"routes": dict(routes or {})}
+    if queues is not None:
+        r["status"]["queues"] = queues
+    return r
+
+
+QUEUE_TABLE_ROWS = [
+    # (rule, releases, queue_overrides, expected lanes.<tag>.queues per tag (absent: no field))
+    ("no release has queues: no `queues` field (old readers refuse unknown lane fields)",
+     [_rel("rollout-a", routes={"a": "a-gray"})], None, {"gray": None}),
+    ("a release's status.queues are published, versioned",
+     [_rel("rollout-w", queues=["default", "emails"])], None,
+     {"gray": {"version": 1, "celery": ["default", "emails"]}}),
+    ("two releases in one lane: union, sorted, no duplicates",
+     [_rel("rollout-w", queues=["emails", "default"]), _rel("rollout-v", queues=["default", "reports"])], None,
+     {"gray": {"version": 1, "celery": ["default", "emails", "reports"]}}),
+    ("queues stay in their own lane",
+     [_rel("rollout-w", queues=["default"]), _rel("rollout-v", lane="blue", queues=["emails"])], None,
+     {"gray": {"version": 1, "celery": ["default"]}, "blue": {"version": 1, "celery": ["emails"]}}),
+    ("the override (this pass's plan) wins over the release's status: drop",
+     [_rel("rollout-w", queues=["default"])], {"rollout-w": []}, {"gray": None}),
+    ("the override (this pass's plan) wins over the release's status: add",
+     [_rel("rollout-w")], {"rollout-w": ["default"]}, {"gray": {"version": 1, "celery": ["default"]}}),
+    ("a hand-edited status with bad names: those are never published",
+     [_rel("rollout-w", queues=["ok", "", "bad name", 7, "x" * 300])], None,
+     {"gray": {"version": 1, "celery": ["ok"]}}),
+    ("a status.queues that is not a list: ignored",
+     [_rel("rollout-w", queues="default")], None, {"gray": None}),
+    ("a release in a lane without a Lane object: nothing published",
+     [_rel("rollout-w", lane="nolane", queues=["default"])], None, {"gray": None}),
+]
+
+
+@pytest.mark.parametrize("rule,releases,queue_overrides,want", QUEUE_TABLE_ROWS,
+                         ids=[r[0] for r in QUEUE_TABLE_ROWS])
+def test_lane_table_queues(rule, releases, queue_overrides, want):
+    t = d.build_lane_table(NS, [GRAY_LANE, BLUE_LANE], releases, None, queue_overrides)
+    assert set(t["lanes"]) == {"gray", "blue"}
+    for tag, queues in want.items():
+        assert t["lanes"][tag].get("queues") == queues, t["lanes"][tag]
+    for tag in set(t["lanes"]) - set(want):
+        assert "queues" not in t["lanes"][tag]
+
+
+def test_lane_status_lists_a_members_queues_only_when_it_has_some():
+    st = d.lane_status(GRAY_LANE, [_rel("rollout-w", queues=["default"]), _rel("rollout-a", routes={"a": "a-gray"})])
+    by = {m["release"]: m for m in st["members"]}
+    assert by["rollout-w"]["queues"] == ["default"] and "queues" not in by["rollout-a"]
+    assert st["routedCount"] == 1
+
+
+def test_lane_table_queues_are_read_by_the_library():
+    table_mod = pytest.importorskip("graybaggage.table")
+    t = d.build_lane_table(NS, [GRAY_LANE], [_rel("rollout-w", routes={"a": "a-gray"}, queues=["default"])])
+    lt = table_mod.load_table_text(d.render_lane_table(t, 4), default_namespace=NS)
+    assert lt.ignored == ()
+    assert lt.lane_has_queue("gray", "default") and not lt.lane_has_queue("gray", "emails")
+    assert not lt.lane_has_queue("blue", "default")
+    schema_path = __import__("pathlib").Path(__file__).resolve().parents[2] / "graybaggage" / "schema" / \
+        "lane-table.schema.json"
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads(d.render_lane_table(t, 4)), json.loads(schema_path.read_text()))

@@ -9,7 +9,7 @@ import pytest
 
 from graybaggage_controller import desired as d
 from graybaggage_controller import names as n
-from graybaggage_controller.entry import base, gateway_api as g, ingress as ing
+from graybaggage_controller.entry import gateway_api as g, ingress as ing, model
 
 RHM = "RequestHeaderModifier"
 SEED = {"headers": [{"type": "Exact", "name": "User-Agent", "value": "xiaoming"}]}
@@ -40,7 +40,7 @@ def lane(tag, **entry):
 def intents_for(lanes, routes=None):
     table = {"lanes": {x["spec"]["tag"]: {"routes": (routes or {}).get(x["spec"]["tag"], {"a": f"a-{x['spec']['tag']}"})}
                        for x in lanes}}
-    its, bad = base.intents(lanes, table)
+    its, bad = model.intents(lanes, table)
     assert not bad, bad
     return its
 
@@ -162,7 +162,7 @@ def test_refusals_leave_the_route_alone():
 def test_invalid_entries_are_reported_not_programmed():
     bad = lane("gray", matches=[SEED])
     bad["spec"]["entry"]["route"] = {"ingress": {"name": "i", "classType": "traefik"}}
-    its, outcomes = base.intents([bad], {"lanes": {}})
+    its, outcomes = model.intents([bad], {"lanes": {}})
     assert its == [] and outcomes["gray"].conditions[0]["reason"] == "UnsupportedClass"
 
 

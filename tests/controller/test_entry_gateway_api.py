@@ -208,7 +208,7 @@ def test_weight_uses_backend_filters_only_where_the_gateway_class_supports_them(
 def test_every_generated_shape_is_accepted_by_the_api_server(k8s_cluster, gateway_api_crds, k8s_namespace):
     """program() output for cookie / query / Prefix / regex / weight / two lanes / user modifiers, through
     the real HTTPRoute schema and CEL rules (server-side dry run; no controller needed)."""
-    from graybaggage_controller.entry import base, gateway_api as g
+    from graybaggage_controller.entry import gateway_api as g, model
     user = seed_route()
     user["metadata"]["namespace"] = k8s_namespace
     for r in user["spec"]["rules"]:
@@ -231,7 +231,7 @@ def test_every_generated_shape_is_accepted_by_the_api_server(k8s_cluster, gatewa
     for what, lanes in shapes.items():
         table = {"lanes": {x["spec"]["tag"]: {"routes": {"spring-cloud-a": "spring-cloud-a-" + x["spec"]["tag"]}}
                            for x in lanes}}
-        its, bad = base.intents(lanes, table)
+        its, bad = model.intents(lanes, table)
         assert not bad
         out, outcomes = g.program(g.strip(user), its, {i.tag: True for i in its})
         assert all(o.conditions[0]["status"] == "True" for o in outcomes.values()), (what, outcomes)

@@ -196,7 +196,7 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
             assert canary_pods and all(p["metadata"]["labels"]["alicloud.service.tag"] == "gray"
                                        for p in canary_pods)
             # base Service: only stable (old-image) pods, pinned by us, Kruise's paused base untouched
-            wait_for(lambda: n.POD_TEMPLATE_HASH in gb_kube.get("Service", ns, app)["spec"]["selector"], 30,
+            wait_for(lambda app=app: n.POD_TEMPLATE_HASH in gb_kube.get("Service", ns, app)["spec"]["selector"], 30,
                      f"{app} pinned")
             imgs = selected_images(gb_kube, ns, app)
             assert imgs == [f"{REPO}/{app}:{OLD}"] * 2, imgs

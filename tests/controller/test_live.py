@@ -216,7 +216,7 @@ def test_seed_flow_approve_rollback(k8s_cluster, gb_controller, gb_kube):
         assert image(base).endswith(NEW) and base["spec"]["paused"] is True
         assert base_rs_images(gb_kube, ns, app) == {f"{REPO}/{app}:{OLD}"}
         # the controller writes the lane table before the release status: wait for the status to catch up
-        st = wait_for(lambda: (s := status(gb_kube, ns, f"rollout-{app[-1]}")).get("phase") == "Paused" and s,
+        st = wait_for(lambda app=app: (s := status(gb_kube, ns, f"rollout-{app[-1]}")).get("phase") == "Paused" and s,
                       30, f"rollout-{app[-1]} Paused")
         assert st["currentStep"] == 0 and st["canaryRevision"] != st["stableRevision"]
     # b untouched

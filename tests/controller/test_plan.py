@@ -54,9 +54,11 @@ def world(*, template="new", stable="old", paused=True, paused_by="webhook", tar
           pinned=False, gray=None, gray_replicas=1, gray_avail=None, lane_svc=False, gray_pods=None, status=None, ann=None,
           steps=None, deleting=False, lane=True, base=True, other_targeting=None, stable_pods=True,
           tag="gray", extra_services=(), extra_deployments=(), foreign_gray=False, stale_gray=None,
-          entry=None, now=T0 + 1, **extra: Any) -> Observed:
+          entry=None, now=T0 + 1, celery=None, service=True, **extra: Any) -> Observed:
     """An Observed from named facts. gray: None | "creating" | "available"; entry: (backend, generation,
-    observedGeneration or None for a route without status) of the lane's entry HTTPRoute."""
+    observedGeneration or None for a route without status) of the lane's entry HTTPRoute; celery: the base
+    Deployment's graybaggage.io/celery-queues annotation; service=False: no Service selects the workload (a
+    Celery worker)."""
     gr = {"apiVersion": n.API_VERSION, "kind": "GrayRelease",
           "metadata": {"name": REL, "namespace": NS, "uid": "uid-rel", "generation": 1,
                        "annotations": dict(ann or {})},
@@ -72,6 +74,8 @@ def world(*, template="new", stable="old", paused=True, paused_by="webhook", tar
         bann[n.STABLE_ANN] = HASH[stable]
     if paused_by and paused:
         bann[n.PAUSED_BY_ANN] = paused_by
+    if celery is not None:
+        bann[n.CELERY_QUEUES_ANN] = celery
     dep = {"apiVersion": "apps/v1", "kind": "Deployment",
            "metadata": {"name": "a", "namespace": NS, "uid": "uid-a", "generation": 3,
                         "labels": {n.RELEASE_LABEL: REL} if targeted else {}, "annotations": bann},
@@ -99,7 +103,8 @@ def world(*, template="new", stable="old", paused=True, paused_by="webhook", tar
         p = d.pin_patch(svc, PTH["old"], REL)
         svc["metadata"]["annotations"] = p["metadata"]["annotations"]
         svc["spec"]["selector"] = {k: v for k, v in p["spec"]["selector"].items() if v is not None}
-    services = [svc, *copy.deepcopy(list(extra_services))]
+    services = [svc] if service else []
+    services += copy.deepcopy(list(extra_services))
     if lane_svc:
         services.append(d.lane_service(svc, gr, tag))
     lane_obj = {"apiVersion": n.API_VERSION, "kind": "Lane",
@@ -187,6 +192,7 @@ class Row:
     absent: tuple[str, ...] = ()             # action words that must not appear
     before: tuple[tuple[str, str], ...] = ()  # (a, b): a comes before b
     check: Any = None                         # extra predicate on the plan
+    queues: list | None = None                # the Celery queues it publishes (plan.queues and status.queues)
 
 
 ROUTED = {"a": LANE_SVC}
@@ -352,6 +358,8 @@ def test_plan_release(row: Row):
         assert plan.status["phase"] == row.phase, plan.status["message"]
     if row.routes is not None:
         assert plan.routes == row.routes and plan.status["routes"] == row.routes
+    if row.queues is not None:
+        assert plan.queues == row.queues and (plan.status["queues"] or []) == row.queues, plan.status
     for word in row.absent:
         assert word not in words, words
     for a, b in row.before:
@@ -430,6 +438,101 @@ def test_promote_order(row: Row):
     test_plan_release(row)
 
 
+# ---------------------------------------------------------------------------------------------- Celery queues
+# The base Deployment's graybaggage.io/celery-queues annotation: its queues enter the lane table only while the
+# gray Deployment has a ready pod (the rule of the routes) and leave in the same table write as the routes, before
+# any gray object goes (producers stop sending to <queue>-gray before the gray workers stop).
+
+QUEUES = ["default", "emails"]
+CELERY = "emails,default"
+
+
+def _cond(plan, ctype: str) -> dict | None:
+    return next((c for c in plan.status["conditions"] if c["type"] == ctype), None)
+
+
+def _queued(status: dict, queues=QUEUES) -> dict:
+    return {**status, "queues": list(queues)}
+
+
+def _no_event(reason: str):
+    return lambda p: all(e[1] != reason for e in p.events)
+
+
+BAD = "default,bad name"
+
+QUEUE_ROWS = [
+    Row("no annotation: no queues, no CeleryQueues condition (opt-in)",
+        world(gray="available", lane_svc=True, pinned=True, status=paused_status()),
+        phase="Paused", routes=ROUTED, queues=[],
+        check=lambda p: _cond(p, n.CELERY_QUEUES_CONDITION) is None and "queues" not in
+        {k for k, v in p.status.items() if v is not None}),
+    Row("annotation, gray available: the queues are published with the routes",
+        world(gray="available", lane_svc=True, pinned=True, status=paused_status(), celery=CELERY),
+        phase="Paused", routes=ROUTED, queues=QUEUES,
+        check=lambda p: _cond(p, n.CELERY_QUEUES_CONDITION)["status"] == "True"),
+    Row("annotation, gray Deployment just created (no ready pod): no queues",
+        world(gray="creating", lane_svc=True, pinned=True, status={}, celery=CELERY),
+        phase="Progressing", routes={}, queues=[]),
+    Row("annotation, gray pods all unready after publishing: queues (and routes) leave",
+        world(gray="available", gray_avail=0, lane_svc=True, pinned=True, status=_queued(paused_status()),
+              celery=CELERY),
+        phase="Progressing", routes={}, queues=[]),
+    Row("annotation, one of two gray pods ready after publishing: queues stay (kept, as routes)",
+        world(gray="available", gray_replicas=2, gray_avail=1, service=False,
+              status=_queued(paused_status(routes=False)), celery=CELERY),
+        phase="Paused", routes={}, queues=QUEUES),
+    Row("annotation, one of two gray pods ready, never published: not yet (fully available first)",
+        world(gray="available", gray_replicas=2, gray_avail=1, service=False, status={}, celery=CELERY),
+        phase="Progressing", routes={}, queues=[]),
+    Row("a Celery worker without a Service: queues published, no routes",
+        world(gray="available", service=False, status={}, celery=CELERY),
+        phase="Paused", routes={}, queues=QUEUES,
+        check=lambda p: _cond(p, "LaneServices")["reason"] == "NoService"),
+    Row("bad annotation: no queue published, routes still are, CeleryQueues=False and a Warning event",
+        world(gray="available", lane_svc=True, pinned=True, status=paused_status(), celery=BAD),
+        phase="Paused", routes=ROUTED, queues=[],
+        check=lambda p: _cond(p, n.CELERY_QUEUES_CONDITION)["reason"] == "InvalidAnnotation"
+        and "'bad name'" in _cond(p, n.CELERY_QUEUES_CONDITION)["message"]
+        and [e[:2] for e in p.events] == [("Warning", "InvalidCeleryQueues")]),
+    Row("bad annotation already reported: no second event",
+        world(gray="available", lane_svc=True, pinned=True, celery=BAD, status={**paused_status(), "conditions": [
+            {"type": n.CELERY_QUEUES_CONDITION, "status": "False", "reason": "InvalidAnnotation",
+             "message": d.celery_queues({"metadata": {"annotations": {n.CELERY_QUEUES_ANN: BAD}}}, "gray")[1]}]}),
+        phase="Paused", routes=ROUTED, queues=[], check=_no_event("InvalidCeleryQueues")),
+    Row("bad annotation on a published lane: its queues leave the table",
+        world(gray="available", lane_svc=True, pinned=True, status=_queued(paused_status()), celery=BAD),
+        phase="Paused", routes=ROUTED, queues=[]),
+    Row("annotation removed while paused: the queues leave, the routes stay",
+        world(gray="available", lane_svc=True, pinned=True, status=_queued(paused_status())),
+        phase="Paused", routes=ROUTED, queues=[]),
+    Row("promote (a): queues leave with the routes in the first pass; nothing is deleted",
+        world(pinned=True, gray="available", lane_svc=True, status=_queued(paused_status()), ann=approved(),
+              celery=CELERY),
+        actions=["table"], phase="Promoting", routes={}, queues=[]),
+    Row("promote (a), a worker without a Service: published queues alone hold the gray Deployment",
+        world(gray="available", service=False, status=_queued(promoting_status()), ann=approved(), celery=CELERY),
+        actions=["table"], phase="Promoting", routes={}, queues=[]),
+    Row("promote (c): queues gone from the table: the gray worker Deployment goes",
+        world(gray="available", service=False, status=promoting_status(), ann=approved(), celery=CELERY),
+        actions=["table", f"delete Deployment {GRAY}"], phase="Promoting", routes={}, queues=[]),
+    Row("rollback (a): queues leave first, the gray worker stays this pass",
+        world(template="old", paused=False, paused_by=None, gray="available", service=False,
+              status={**_queued(paused_status(routes=False)), "phase": "RollingBack"},
+              ann={n.ROLLBACK_ANN: HASH["new"]}, celery=CELERY),
+        actions=["table"], phase="RollingBack", routes={}, queues=[]),
+    Row("deleted: queues leave first, the gray worker stays this pass",
+        world(template="old", paused=False, paused_by=None, gray="available", service=False,
+              status={**_queued(paused_status(routes=False)), "phase": "RollingBack"}, deleting=True, celery=CELERY),
+        actions=["table"], routes={}, queues=[], check=lambda p: not p.done),
+]
+
+
+@pytest.mark.parametrize("row", QUEUE_ROWS, ids=[r.name for r in QUEUE_ROWS])
+def test_celery_queue_rules(row: Row):
+    test_plan_release(row)
+
+
 # ---------------------------------------------------------------------------------------------- the flow, simulated
 
 def _apply(state: dict, plan) -> dict:
@@ -438,6 +541,7 @@ def _apply(state: dict, plan) -> dict:
     for w in acts(plan):
         if w == "table":
             s["published"] = dict(plan.routes)
+            s["published_queues"] = list(plan.queues)
             if s.get("entry") is not None:       # the entry route follows the table (reconcile's sync_entries)
                 backend, gen, seen = s["entry"]
                 want = plan.routes.get("a", "a")
@@ -503,13 +607,18 @@ def _violations(s: dict) -> list[str]:
         out.append("the lane table routes to a lane Service that is gone")
     if s["published"] and s["gray"] != "available":
         out.append("the lane table routes to a gray Deployment that is not available")
+    if s.get("published_queues") and s["gray"] != "available":
+        out.append("the lane table lists Celery queues of a gray Deployment that is not available")
     if s.get("entry") is not None and LANE_SVC in (s["entry"][0], s["gateway_backend"]) and not s["lane_svc"]:
         out.append("the entry route (or the gateway's copy of it) names a lane Service that is gone")
     return out
 
 
+SIM_ONLY = ("published", "published_queues", "terminating", "gateway_backend", "gateway_lag")
+
+
 def _run(s: dict, until, passes: int = 30) -> tuple[dict, list[str], list[list[str]]]:
-    world_keys = {k: v for k, v in s.items() if k not in ("published", "terminating", "gateway_backend", "gateway_lag")}
+    world_keys = {k: v for k, v in s.items() if k not in SIM_ONLY}
     trace, bad = [], []
     for _ in range(passes):
         plan = plan_release(world(**world_keys))
@@ -519,27 +628,32 @@ def _run(s: dict, until, passes: int = 30) -> tuple[dict, list[str], list[list[s
         if until(s, plan):
             return s, bad, trace
         s = _tick(s)
-        world_keys = {k: v for k, v in s.items() if k not in ("published", "terminating", "gateway_backend", "gateway_lag")}
+        world_keys = {k: v for k, v in s.items() if k not in SIM_ONLY}
     raise AssertionError(f"did not converge: {trace}")
 
 
-def _healthy_then_set_image(entry: bool = False) -> dict:
+FLOWS = [(False, None), (True, None), (False, CELERY), (True, CELERY)]
+FLOW_IDS = ["no-entry", "entry-route", "celery-queues", "entry-route-celery-queues"]
+
+
+def _healthy_then_set_image(entry: bool = False, celery: str | None = None) -> dict:
     s = dict(template="old", stable="old", paused=False, paused_by=None, targeted=True, rolled=True, pinned=False,
              gray=None, gray_replicas=1, lane_svc=False, gray_pods=0, status={"phase": "Healthy"}, ann={},
              published={}, terminating=0, deleting=False, entry=("a", 1, 1) if entry else None,
-             gateway_backend="a", gateway_lag=0)
+             gateway_backend="a", gateway_lag=0, celery=celery, published_queues=[])
     s, bad, _ = _run(s, lambda s, p: p.status["phase"] == "Healthy")
     assert bad == []
     s.update(template="new", paused=True, paused_by="webhook")       # kubectl set image, paused by the webhook
     s, bad, _ = _run(s, lambda s, p: p.status["phase"] == "Paused" and not s["gateway_lag"])
     assert bad == [] and s["published"] == ROUTED and s["pinned"]
+    assert s["published_queues"] == (QUEUES if celery else [])
     assert s["entry"] is None or s["gateway_backend"] == LANE_SVC
     return s
 
 
-@pytest.mark.parametrize("entry", [False, True], ids=["no-entry", "entry-route"])
-def test_flow_approve_keeps_base_off_gray_pods(entry):
-    s = _healthy_then_set_image(entry)
+@pytest.mark.parametrize("entry, celery", FLOWS, ids=FLOW_IDS)
+def test_flow_approve_keeps_base_off_gray_pods(entry, celery):
+    s = _healthy_then_set_image(entry, celery)
     s["ann"] = approved()
     s, bad, trace = _run(s, lambda s, p: p.status["phase"] == "Healthy")
     assert bad == [], trace
@@ -547,9 +661,9 @@ def test_flow_approve_keeps_base_off_gray_pods(entry):
         ("new", "new", False, False, None, 0)
 
 
-@pytest.mark.parametrize("entry", [False, True], ids=["no-entry", "entry-route"])
-def test_flow_rollback_keeps_base_off_gray_pods(entry):
-    s = _healthy_then_set_image(entry)
+@pytest.mark.parametrize("entry, celery", FLOWS, ids=FLOW_IDS)
+def test_flow_rollback_keeps_base_off_gray_pods(entry, celery):
+    s = _healthy_then_set_image(entry, celery)
     s["ann"] = {n.ROLLBACK_ANN: HASH["new"]}
     s, bad, trace = _run(s, lambda s, p: p.status["phase"] == "Healthy")
     assert bad == [], trace
@@ -557,9 +671,9 @@ def test_flow_rollback_keeps_base_off_gray_pods(entry):
         ("old", "old", False, False, None, 0)
 
 
-@pytest.mark.parametrize("entry", [False, True], ids=["no-entry", "entry-route"])
-def test_flow_delete_mid_flight_keeps_base_off_gray_pods(entry):
-    s = _healthy_then_set_image(entry)
+@pytest.mark.parametrize("entry, celery", FLOWS, ids=FLOW_IDS)
+def test_flow_delete_mid_flight_keeps_base_off_gray_pods(entry, celery):
+    s = _healthy_then_set_image(entry, celery)
     s["deleting"] = True
     s, bad, trace = _run(s, lambda s, p: p.done)
     assert bad == [], trace

@@ -28,6 +28,15 @@ class Recorder(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
+def refused_port():
+    """A 127.0.0.1 port nothing listens on for the whole test (held bound: no server can be given it)."""
+    from tests import support
+
+    with support.refused_port() as port:
+        yield port
+
+
+@pytest.fixture
 def base_server():
     """An HTTP server on 127.0.0.1 that records (method, lane header) of every request it answers."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)

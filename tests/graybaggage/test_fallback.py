@@ -13,7 +13,6 @@ import pytest
 import graybaggage
 from graybaggage.routing import Router
 from graybaggage.table import load_table_text
-from tests import support
 
 
 @pytest.fixture
@@ -78,10 +77,10 @@ def test_unsafe_method_is_never_resent_after_the_target_got_it(base_server, rese
     assert base_server.seen == [("GET", "gray")]
 
 
-def test_refused_target_falls_back_with_tag_kept(base_server, instrumented):
+def test_refused_target_falls_back_with_tag_kept(base_server, instrumented, refused_port):
     import requests
 
-    dead = support.free_port()
+    dead = refused_port
     instrumented(_table(base_server.server_port, dead))
     with graybaggage.lane("gray"):
         r = requests.post(f"http://127.0.0.1:{base_server.server_port}/x", data=b"1", timeout=5)
@@ -119,8 +118,8 @@ def _strict_calls(url: str):
 
 
 @pytest.mark.parametrize("client", ["requests", "urllib3", "urllib", "httpx", "httpx-async", "aiohttp"])
-def test_strict_error_names_lane_and_target(client, base_server, instrumented):
-    dead = support.free_port()
+def test_strict_error_names_lane_and_target(client, base_server, instrumented, refused_port):
+    dead = refused_port
     instrumented(_table(base_server.server_port, dead, "strict"))
     call, native = _strict_calls(f"http://127.0.0.1:{base_server.server_port}/s")[client]
     with graybaggage.lane("gray"):

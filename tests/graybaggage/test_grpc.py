@@ -6,8 +6,6 @@ graybaggage); the test client is plain grpcio sending metadata by hand.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 

@@ -20,7 +20,6 @@ import pytest
 
 import graybaggage
 from graybaggage import _log, integrations
-from tests import support
 
 
 def _table(base_port: int, target_port: int) -> str:
@@ -107,7 +106,7 @@ ROWS = [(c, "version") for c in DIST] + [(c, "missing") for c in MISSING] + [(c,
 
 
 @pytest.mark.parametrize("client,breakage", ROWS)
-def test_a_moved_internal_never_breaks_a_request(client, breakage, base_server, monkeypatch, caplog):
+def test_a_moved_internal_never_breaks_a_request(client, breakage, base_server, monkeypatch, caplog, refused_port):
     import importlib
 
     importlib.import_module({"urllib": "urllib.request", "aiohttp": "aiohttp.client"}.get(client, client))
@@ -116,7 +115,7 @@ def test_a_moved_internal_never_breaks_a_request(client, breakage, base_server, 
         importlib.import_module("requests.adapters")
     _log._reset_for_tests()
     caplog.set_level(logging.INFO)
-    target = support.free_port()  # nothing listens there: only a working hook would try it
+    target = refused_port  # nothing listens there: only a working hook would try it
     table = _table(base_server.server_port, target)
     undo: list = []
     if breakage == "version":

@@ -77,7 +77,7 @@ def _post(client: str, url: str) -> None:
     if client == "requests":
         import requests
 
-        requests.post(url, data=b"pay 10", timeout=10).content
+        _ = requests.post(url, data=b"pay 10", timeout=10).content
     elif client == "urllib3":
         import urllib3
 

@@ -41,11 +41,11 @@ def _counts() -> dict[tuple[str, str, str], int]:
     return out
 
 
-def test_routed_and_fallback_calls_are_counted_and_on_spans(base_server):
+def test_routed_and_fallback_calls_are_counted_and_on_spans(base_server, refused_port):
     import requests
 
     live = support.start("live", {"HOP_KIND": "wsgi"})
-    dead = support.free_port()
+    dead = refused_port
     try:
         b = base_server.server_port
         table = {"version": 1, "lanes": {

@@ -5,9 +5,10 @@
     nginx.NginxProvider             Ingress, classType nginx (routing only; header from dye rules)
 """
 
-from .base import Intent, Outcome, Provider, dye_rules, intents
+from .base import Provider
 from .gateway_api import GatewayAPIProvider
 from .higress import HigressProvider
+from .model import Intent, Outcome, dye_rules, intents
 from .nginx import NginxProvider
 
 PROVIDERS: tuple[type[Provider], ...] = (GatewayAPIProvider, HigressProvider, NginxProvider)

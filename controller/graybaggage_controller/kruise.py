@@ -143,7 +143,7 @@ def canary_status(rollout: Mapping[str, Any]) -> Obj:
 
 def managed_deployments(rollouts: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Deployment name -> Rollout name, for every Rollout (not being deleted) targeting a Deployment."""
-    out = {}
+    out: dict[str, str] = {}
     for r in sorted(rollouts, key=lambda o: _meta(o).get("name") or ""):
         w = workload_name(r)
         if w and not _meta(r).get("deletionTimestamp"):
@@ -224,7 +224,7 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
     managed = managed_deployments(rollouts)
 
     for r in rollouts:
-        name = _meta(r).get("name")
+        name = str(_meta(r).get("name") or "")
         w = workload_name(r)
         base = deploys.get(w) if w else None
         tr_name = traffic_routing_name(r)
@@ -287,7 +287,7 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
         if canary_strategy(r).get("trafficRoutings"):
             continue
         left = canary_pods_left(base, replicasets, pods)
-        stable = stable_hash(w, replicasets)
+        stable = stable_hash(w or "", replicasets)
         # paused by Kruise's webhook on a new template: the canary is coming, pin before its first pod
         coming = bool((base.get("spec") or {}).get("paused")) and bool(
             (_meta(base).get("labels") or {}).get(STABLE_REVISION_LABEL))

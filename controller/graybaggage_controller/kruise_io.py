@@ -50,6 +50,7 @@ class KruiseMode:
         self.passes: dict[str, int] = {}
         self._down: dict[str, str | None] = {}
         self._probed: dict[str, float] = {}
+        self._probe_denied = False
         self._lanes: dict[str, dict[str, dict[str, str]]] = {}
         self._managed: dict[str, dict[str, str]] = {}
         self._served: str | None = None
@@ -113,6 +114,10 @@ class KruiseMode:
             down = k.manager_down(e.status, body or str(e))
             if down is None and e.status not in (403, 404):
                 raise
+            if e.status == 403 and not self._probe_denied:
+                self._probe_denied = True
+                log.warning("not allowed to get rollouts.%s: cannot tell whether Kruise's manager answers (grant get, "
+                            "see controller/deploy/rbac.yaml)", k.GROUP)
         was, self._down[namespace] = self._down.get(namespace), down
         if down and not was:
             log.warning("Kruise Rollout manager not answering (%s): keeping the Kruise lanes of %s as they are "

@@ -7,7 +7,9 @@
     kubectl graybaggage lanes [-n NS | -A] [-o table|json|yaml]
     kubectl graybaggage version | completion bash
 
-NAME may be written `rollout-a`, `rollout/rollout-a`, `grayrelease/rollout-a` or `gr/rollout-a`.
+NAME may be written `rollout-a`, `rollout/rollout-a`, `grayrelease/rollout-a` or `gr/rollout-a`. With Kruise
+Rollout installed, `status` also lists Kruise Rollouts (Kruise mode lanes), and `status NAME` / `get NAME` show a
+Kruise Rollout when no GrayRelease has that name (read-only; partial, with a line, where access is missing).
 approve/rollback only write an annotation on the GrayRelease (graybaggage.io/approve = "<canary>/<step>",
 graybaggage.io/rollback = "<canary>"); the controller acts on it. `--watch` polls the API server once per
 `--interval` (default 1 s). Errors are one line on stderr; the exit code says which kind (see EXIT_CODES).
@@ -24,6 +26,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from . import desired as d
+from . import kruise as k
 from . import names as n
 from .kube import Kube, KubeError, api_client_from
 
@@ -172,6 +175,106 @@ def release_tree(gr: dict, base: dict | None, gray: dict | None, replicasets: li
     return "\n".join(lines)
 
 
+KRUISE_HEADERS = ["ROLLOUT", "WORKLOAD", "LANE", "REASON", "IN TABLE", "LANE SERVICES", "BASE PINNED", "MESSAGE"]
+
+
+def kruise_rows(namespace: str, views: Sequence[k.RolloutView] | None, services: Sequence[dict] | None,
+                lane_table: dict | None, table_known: bool = True) -> list[dict]:
+    """Kruise-mode lanes of one namespace as `status` shows them, one row per Rollout. Pure.
+
+    `views`: `kruise.plan()`'s views (None: the Rollouts could not be read; the rows then come from the
+    Services graybaggage labelled or pinned for a Rollout, reason "?"). `services`: the namespace's Services
+    (None: not readable). Lane Services are ours labelled `graybaggage.io/kruise-rollout: <rollout>`; a base
+    Service is pinned when its `graybaggage.io/pinned-by` is `kruise:<rollout>` (shown with the pinned hash).
+    IN TABLE: whether the published lane table routes any of the Rollout's lane Services in its lane."""
+    lane_svcs: dict[str, list[str]] = {}
+    lane_tags: dict[str, str] = {}
+    pinned: dict[str, list[str]] = {}
+    for svc in services or []:
+        m = d.meta(svc)
+        labels, ann = m.get("labels") or {}, m.get("annotations") or {}
+        if labels.get(k.ROLLOUT_LABEL):
+            lane_svcs.setdefault(labels[k.ROLLOUT_LABEL], []).append(m["name"])
+            if labels.get(n.LANE_LABEL):
+                lane_tags.setdefault(labels[k.ROLLOUT_LABEL], labels[n.LANE_LABEL])
+        by = ann.get(n.PINNED_BY_ANN) or ""
+        if by.startswith(k.PIN_PREFIX):
+            h = ((svc.get("spec") or {}).get("selector") or {}).get(n.POD_TEMPLATE_HASH)
+            pinned.setdefault(by[len(k.PIN_PREFIX):], []).append(f"{m['name']} ({h})" if h else m["name"])
+    rows: list[dict] = []
+    known = []
+    for v in views or []:
+        known.append(v.rollout)
+        rows.append({"namespace": namespace, "rollout": v.rollout, "workload": v.deployment or None,
+                     "lane": v.tag, "reason": v.reason, "message": v.message})
+    for name in sorted((set(lane_svcs) | set(pinned)) - set(known)):
+        rows.append({"namespace": namespace, "rollout": name, "workload": None, "lane": lane_tags.get(name),
+                     "reason": "?" if views is None else "NoRollout",
+                     "message": "" if views is None else "graybaggage objects left for a Rollout that is gone"})
+    for row in rows:
+        name, tag = row["rollout"], row["lane"]
+        row["laneServices"] = sorted(lane_svcs.get(name, [])) if services is not None else None
+        row["basePinned"] = sorted(pinned.get(name, [])) if services is not None else None
+        routed = set((((lane_table or {}).get("lanes") or {}).get(tag) or {}).get("routes", {}).values()) \
+            if tag else set()
+        mine = set(lane_svcs.get(name, [])) or ({row["workload"] and d.lane_name(row["workload"], tag)}
+                                                 if tag and row["workload"] else set())
+        row["inTable"] = None if not table_known else bool(routed & mine)
+    return rows
+
+
+def kruise_table(rows: Sequence[dict], all_namespaces: bool, notes: Sequence[str] = ()) -> str:
+    """The `Kruise Rollouts` block of `status`: a table of :func:`kruise_rows` and one line per thing that
+    could not be read."""
+    def cell(value: Any) -> str:
+        if value is None:
+            return "?"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, list):
+            return ", ".join(value) or "-"
+        return str(value) or "-"
+
+    out = ["Kruise Rollouts (Kruise mode):"]
+    if rows:
+        body = [[cell(r[key]) for key in ("rollout", "workload", "lane", "reason", "inTable", "laneServices",
+                                           "basePinned")] + [r.get("message") or ""] for r in rows]
+        headers = list(KRUISE_HEADERS)
+        if all_namespaces:
+            headers.insert(0, "NAMESPACE")
+            body = [[r["namespace"], *b] for r, b in zip(rows, body)]
+        out.append(table(body, headers))
+    elif not notes:
+        out.append("  none")
+    out.extend(f"({note})" for note in notes)
+    return "\n".join(out)
+
+
+def kruise_detail(row: dict) -> str:
+    """`status NAME` / `get NAME` when NAME is a Kruise Rollout (no GrayRelease of that name)."""
+    def val(key: str) -> str:
+        v = row.get(key)
+        if v is None:
+            return "?"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, list):
+            return ", ".join(v) or "-"
+        return str(v) or "-"
+    return "\n".join([
+        f"Name:          {row['rollout']}",
+        f"Namespace:     {row['namespace']}",
+        "Kind:          Rollout (rollouts.kruise.io; graybaggage Kruise mode)",
+        f"Workload:      Deployment/{val('workload')}",
+        f"Lane:          {val('lane')}",
+        f"Reason:        {val('reason')}",
+        f"Message:       {row.get('message') or '-'}",
+        f"In table:      {val('inTable')}",
+        f"Lane Services: {val('laneServices')}",
+        f"Base pinned:   {val('basePinned')}",
+    ])
+
+
 # ---------------------------------------------------------------------------------------------- commands
 
 def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
@@ -186,6 +289,102 @@ def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
         return "default"
 
 
+def _kruise_version(kube: Kube) -> str | None:
+    """The served Rollout API version (v1beta1, else v1alpha1); None when Kruise Rollout is not installed."""
+    for version in ("v1beta1", "v1alpha1"):
+        try:
+            body = kube.request("GET", f"/apis/{k.GROUP}/{version}")
+        except KubeError as e:
+            if e.status in (403, 404, 503):
+                continue
+            raise
+        if any(r.get("name") == "rollouts" for r in (body or {}).get("resources") or []):
+            return version
+    return None
+
+
+def kruise_status(kube: Kube, ns: str | None) -> tuple[list[dict], list[str]] | None:
+    """Rows of :func:`kruise_rows` for a namespace (None: all), and what could not be read (each a line);
+    None when Kruise Rollout is not served. Read-only: Rollouts, TrafficRoutings, Deployments, Services and
+    the lane table ConfigMap (what `kruise.plan()` needs for each Rollout's reason)."""
+    version = _kruise_version(kube)
+    if version is None:
+        return None
+    notes: list[str] = []
+    where = f"namespace {ns}" if ns else "any namespace"
+
+    def read(what: str, fn: Callable[[], list[dict]]) -> list[dict] | None:
+        try:
+            return fn()
+        except KubeError as e:
+            if e.status not in (401, 403):
+                raise
+            notes.append(f"not allowed to list {what} in {where}: "
+                         + {"rollouts": "reasons not shown, rows from graybaggage's Services",
+                            "services": "lane Services and pins not shown"}.get(what.split(".")[0],
+                                                                                "reasons not shown"))
+            return None
+
+    scope = f"namespaces/{ns}/" if ns else ""
+    rollouts = read(f"rollouts.{k.GROUP}", lambda: list(
+        (kube.request("GET", f"/apis/{k.GROUP}/{version}/{scope}rollouts") or {}).get("items") or []))
+    services = read("services", lambda: kube.list("Service", ns))
+    trs = deploys = None
+    if rollouts:
+        trs = read(f"trafficroutings.{k.GROUP}", lambda: list(
+            (kube.request("GET", f"/apis/{k.GROUP}/v1alpha1/{scope}trafficroutings") or {}).get("items") or []))
+        deploys = read("deployments", lambda: kube.list("Deployment", ns))
+
+    if rollouts and version == "v1beta1":   # a v1alpha1 GET goes through Kruise's conversion webhook
+        first = d.meta(rollouts[0])
+        try:
+            kube.request("GET", f"/apis/{k.GROUP}/v1alpha1/namespaces/{first.get('namespace')}/rollouts/"
+                         f"{first.get('name')}")
+        except KubeError as e:
+            down = k.manager_down(e.status, (e.body.get("message") if isinstance(e.body, dict) else None) or str(e))
+            if down:
+                notes.append(f"Kruise Rollout manager not answering ({down}): the controller keeps these lanes, "
+                             "lane Services and pins as they are until it answers")
+
+    def of(items: list[dict] | None, space: str) -> list[dict]:
+        return [o for o in items or [] if d.meta(o).get("namespace") == space]
+
+    ours = {d.meta(s).get("namespace") for s in services or []
+            if (d.meta(s).get("labels") or {}).get(k.ROLLOUT_LABEL)
+            or ((d.meta(s).get("annotations") or {}).get(n.PINNED_BY_ANN) or "").startswith(k.PIN_PREFIX)}
+    spaces = [ns] if ns else sorted({d.meta(r).get("namespace") for r in rollouts or []} | ours)
+    rows: list[dict] = []
+    for space in spaces:
+        if rollouts is not None and not of(rollouts, space) and space not in ours:
+            continue
+        views = None
+        if rollouts is not None and trs is not None and deploys is not None:
+            views = k.plan(of(rollouts, space), of(trs, space), of(deploys, space), [], [],
+                           of(services, space)).views
+        elif rollouts is not None and not of(rollouts, space):
+            views = []
+        table_known = True
+        try:
+            cm = kube.get("ConfigMap", space, n.TABLE_CONFIGMAP)
+            lane_table = d.parse_lane_table(((cm or {}).get("data") or {}).get(n.TABLE_KEY)) if cm else None
+        except KubeError as e:
+            if e.status not in (401, 403):
+                raise
+            lane_table, table_known = None, False
+            notes.append(f"not allowed to read configmap/{n.TABLE_CONFIGMAP} in namespace {space}: IN TABLE not shown")
+        rows.extend(kruise_rows(space, views, of(services, space) if services is not None else None,
+                                lane_table, table_known))
+    return rows, notes
+
+
+def _kruise_named(kube: Kube, ns: str, name: str) -> dict | None:
+    """The status row of Kruise Rollout `name` (None: no such Rollout, or Kruise not served)."""
+    found = kruise_status(kube, ns)
+    if found is None:
+        return None
+    return next((r for r in found[0] if r["rollout"] == name), None)
+
+
 def _get_release(kube: Kube, ns: str, name: str) -> dict:
     gr = kube.get("GrayRelease", ns, name)
     if gr is None:
@@ -193,9 +392,25 @@ def _get_release(kube: Kube, ns: str, name: str) -> dict:
     return gr
 
 
+def _release_or_rollout(kube: Kube, ns: str, name: str, output: str, tree: bool = False) -> dict | str:
+    """The GrayRelease `name`, or (none of that name) the Kruise Rollout's status text/document."""
+    gr = kube.get("GrayRelease", ns, name)
+    if gr is not None:
+        return gr
+    row = _kruise_named(kube, ns, name)
+    if row is None:
+        raise CliError(f'error: grayrelease "{name}" not found in namespace "{ns}" (nor a Kruise Rollout)',
+                       NOT_FOUND)
+    if output not in ("table", "tree"):
+        return render(row, output)
+    return kruise_detail(row)
+
+
 def cmd_status(kube: Kube, ns: str | None, name: str | None, output: str = "table") -> str:
     if name:
-        gr = _get_release(kube, ns or "default", name)
+        gr = _release_or_rollout(kube, ns or "default", name, output)
+        if isinstance(gr, str):
+            return gr
         if output != "table":
             return render(gr, output)
         st = gr.get("status") or {}
@@ -221,8 +436,12 @@ def cmd_status(kube: Kube, ns: str | None, name: str | None, output: str = "tabl
     items = sorted(kube.list("GrayRelease", ns), key=lambda o: (d.meta(o).get("namespace"), d.meta(o)["name"]))
     if output != "table":
         return render(_list_doc(items, "GrayRelease"), output)
+    kruise = kruise_status(kube, ns)
+    section = ""
+    if kruise is not None and (kruise[0] or kruise[1]):
+        section = "\n\n" + kruise_table(kruise[0], ns is None, kruise[1])
     if not items:
-        return f"No grayreleases found in {ns + ' namespace' if ns else 'any namespace'}."
+        return f"No grayreleases found in {ns + ' namespace' if ns else 'any namespace'}." + section
     rows = []
     for gr in items:
         st, spec = gr.get("status") or {}, gr.get("spec") or {}
@@ -235,7 +454,7 @@ def cmd_status(kube: Kube, ns: str | None, name: str | None, output: str = "tabl
     headers = ["NAME", "WORKLOAD", "LANE", "STATUS", "STEP", "READY", "STABLE", "CANARY", "MESSAGE"]
     if ns is None:
         headers.insert(0, "NAMESPACE")
-    return table(rows, headers)
+    return table(rows, headers) + section
 
 
 def watch_status(kube: Kube, ns: str, name: str, timeout: float | None, interval: float,
@@ -267,7 +486,9 @@ def watch_status(kube: Kube, ns: str, name: str, timeout: float | None, interval
 
 
 def cmd_get(kube: Kube, ns: str, name: str, output: str = "tree") -> str:
-    gr = _get_release(kube, ns, name)
+    gr = _release_or_rollout(kube, ns, name, output)
+    if isinstance(gr, str):
+        return gr
     workload = ((gr.get("spec") or {}).get("workloadRef") or {}).get("name")
     denied: list[str] = []
 

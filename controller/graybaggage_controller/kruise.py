@@ -143,7 +143,7 @@ def canary_status(rollout: Mapping[str, Any]) -> Obj:
 
 def managed_deployments(rollouts: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Deployment name -> Rollout name, for every Rollout (not being deleted) targeting a Deployment."""
-    out = {}
+    out: dict[str, str] = {}
     for r in sorted(rollouts, key=lambda o: _meta(o).get("name") or ""):
         w = workload_name(r)
         if w and not _meta(r).get("deletionTimestamp"):
@@ -224,7 +224,7 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
     managed = managed_deployments(rollouts)
 
     for r in rollouts:
-        name = _meta(r).get("name")
+        name = str(_meta(r).get("name") or "")
         w = workload_name(r)
         base = deploys.get(w) if w else None
         tr_name = traffic_routing_name(r)
@@ -287,7 +287,7 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
         if canary_strategy(r).get("trafficRoutings"):
             continue
         left = canary_pods_left(base, replicasets, pods)
-        stable = stable_hash(w, replicasets)
+        stable = stable_hash(w or "", replicasets)
         # paused by Kruise's webhook on a new template: the canary is coming, pin before its first pod
         coming = bool((base.get("spec") or {}).get("paused")) and bool(
             (_meta(base).get("labels") or {}).get(STABLE_REVISION_LABEL))
@@ -325,6 +325,27 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
                     if name_ not in ours or d.service_differs(ours[name_], b)]
     delete = sorted(set(ours) - set(wanted))
     return Plan(lanes, services_out, delete, pins, views, managed)
+
+
+def manager_down(status: int, message: str) -> str | None:
+    """Why Kruise Rollout's manager looks down, from the API server's answer to a read of Rollouts in a version
+    other than the stored one (that read goes through Kruise's conversion webhook, served by its manager);
+    None when the answer does not say so (any other error is not about the manager)."""
+    text = " ".join(str(message or "").split())
+    if int(status or 0) < 500 or "conversion webhook" not in text:
+        return None
+    for needle, says in (("connection refused", "its webhook refuses connections"),
+                         ("no endpoints available", "its webhook Service has no endpoints"),
+                         ("timeout", "its webhook timed out"), ("deadline exceeded", "its webhook timed out")):
+        if needle in text.lower():
+            return says
+    return "its conversion webhook fails: " + text[:200]
+
+
+def summary(p: Plan) -> str:
+    """One line for the log: each Rollout's reason (and tag when it is a member), the lane table's Kruise lanes."""
+    parts = [f"{v.rollout} {v.reason}" + (f" {v.tag}" if v.member else "") for v in p.views]
+    return ", ".join(parts) or "no Rollouts"
 
 
 def merge_lanes(table: Mapping[str, Any], lanes: Mapping[str, Mapping[str, str]]) -> Obj:

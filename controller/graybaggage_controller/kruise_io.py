@@ -6,7 +6,17 @@ One pass per namespace (`KruiseMode.reconcile`), under the Reconciler's namespac
    exists, and leave as soon as the Rollout is Finalising/Cancelling, before Kruise resumes the base;
 3. base Service pins (pin / follow the newest ready base ReplicaSet / unpin when no canary pod is left);
 4. lane Services of finished canaries deleted (only once the canary Deployment is gone).
-Kruise's own objects are only read.
+Kruise's own objects are only read. Besides watch events, every namespace seen is passed again each `resync`
+seconds (level-triggered, like the GrayRelease timers); a pass that finds everything in place writes nothing.
+One INFO line per namespace whenever what graybaggage makes of its Rollouts changes (`summary()`), e.g.
+`Kruise mode demo: rollout-a Member gray, rollout-b NoCanary`; each pass at DEBUG with its number of writes.
+
+Kruise manager down: while Rollouts exist, at most once per `resync` a pass GETs one Rollout in v1alpha1 (not the
+stored version: the API server reads it from etcd and asks Kruise's conversion webhook, served by the manager;
+a list would come from the watch cache, converted when it was filled, and answer without the manager). When that says the
+manager does not answer, one WARNING line, and the passes write nothing (lane table, lane Services and pins
+stay as they are: a Kruise that is gone must not drop a lane or unpin a base) until it answers again (one INFO
+line).
 """
 
 from __future__ import annotations
@@ -29,9 +39,18 @@ TRAFFIC_ROUTINGS = "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/trafficrou
 
 
 class KruiseMode:
-    def __init__(self, kube: Kube, rec: Any):
+    def __init__(self, kube: Kube, rec: Any, resync: float | None = None, leading: Any = None):
         self.kube = kube
         self.rec = rec
+        self.resync = resync
+        self.leading = leading or (lambda: True)
+        self._known: set[str] = set()
+        self._resyncing = False
+        self._summary: dict[str, str] = {}
+        self.passes: dict[str, int] = {}
+        self._down: dict[str, str | None] = {}
+        self._probed: dict[str, float] = {}
+        self._probe_denied = False
         self._lanes: dict[str, dict[str, dict[str, str]]] = {}
         self._managed: dict[str, dict[str, str]] = {}
         self._served: str | None = None
@@ -76,6 +95,37 @@ class KruiseMode:
                 "deploys": self.kube.list("Deployment", namespace), "rss": self.kube.list("ReplicaSet", namespace),
                 "pods": self.kube.list("Pod", namespace), "svcs": self.kube.list("Service", namespace)}
 
+    def manager_down(self, namespace: str, rollouts: list[dict]) -> str | None:
+        """Why Kruise's manager does not answer (None: it does, or nothing to ask); probed at most once per
+        `resync` seconds per namespace, the answer kept in between."""
+        if self._served != "v1beta1" or not rollouts:
+            return None
+        now = time.monotonic()
+        if namespace in self._probed and now - self._probed[namespace] < (self.resync or 5.0):
+            return self._down.get(namespace)
+        self._probed[namespace] = now
+        from urllib.parse import quote
+        name = quote(d.meta(rollouts[0]).get("name") or "")
+        try:    # one GET (a list is served from the watch cache, converted when it was filled: no webhook call)
+            self.kube.request("GET", ROLLOUTS["v1alpha1"].format(ns=quote(namespace)) + "/" + name)
+            down = None
+        except KubeError as e:
+            body = e.body.get("message") if isinstance(e.body, dict) else None
+            down = k.manager_down(e.status, body or str(e))
+            if down is None and e.status not in (403, 404):
+                raise
+            if e.status == 403 and not self._probe_denied:
+                self._probe_denied = True
+                log.warning("not allowed to get rollouts.%s: cannot tell whether Kruise's manager answers (grant get, "
+                            "see controller/deploy/rbac.yaml)", k.GROUP)
+        was, self._down[namespace] = self._down.get(namespace), down
+        if down and not was:
+            log.warning("Kruise Rollout manager not answering (%s): keeping the Kruise lanes of %s as they are "
+                        "(lane table, lane Services, base pins) until it answers", down, namespace)
+        elif was and not down:
+            log.info("Kruise Rollout manager answering again: Kruise mode resumes in %s", namespace)
+        return down
+
     def plan(self, namespace: str) -> k.Plan | None:
         seen = self.observe(namespace)
         if seen is None:
@@ -114,11 +164,26 @@ class KruiseMode:
         in, so a pass always starts from a view newer than the last event, and the base pin follows a new
         ReplicaSet within about one pass instead of behind a queue of stale ones."""
         with self._guard:
+            self._known.add(namespace)
+            start_resync = bool(self.resync) and not self._resyncing
+            self._resyncing = self._resyncing or start_resync
             self._dirty.add(namespace)
-            if namespace in self._draining:
-                return
+            draining = namespace in self._draining
             self._draining.add(namespace)
-        threading.Thread(target=self._drain, args=(namespace,), name=f"kruise-{namespace}", daemon=True).start()
+        if start_resync:
+            threading.Thread(target=self._resync_loop, name="kruise-resync", daemon=True).start()
+        if not draining:
+            threading.Thread(target=self._drain, args=(namespace,), name=f"kruise-{namespace}", daemon=True).start()
+
+    def _resync_loop(self) -> None:
+        while True:
+            time.sleep(self.resync or 5.0)
+            if not self.leading():
+                continue
+            with self._guard:
+                known = sorted(self._known)
+            for namespace in known:
+                self.poke(namespace)
 
     def _drain(self, namespace: str) -> None:
         while True:
@@ -138,10 +203,17 @@ class KruiseMode:
     # ---------------------------------------------------------------- the pass
     def reconcile(self, namespace: str) -> k.Plan | None:
         with self.rec.lock(namespace):
-            p = self.plan(namespace)
-            if p is None:
+            seen = self.observe(namespace)
+            if seen is None:
                 return None
+            p = k.plan(seen["rollouts"], seen["trs"], seen["deploys"], seen["rss"], seen["pods"], seen["svcs"])
+            if self.manager_down(namespace, seen["rollouts"]):
+                with self._guard:
+                    self.passes[namespace] = count = self.passes.get(namespace, 0) + 1
+                log.debug("Kruise pass %s #%d: 0 writes (Kruise manager down)", namespace, count)
+                return p
             kube = self.kube
+            writes = len(p.services) + len(p.pins) + len(p.delete_services)
             for body in p.services:
                 name = body["metadata"]["name"]
                 current = kube.get("Service", namespace, name)
@@ -172,6 +244,13 @@ class KruiseMode:
                 log.info("Kruise lane Service %s/%s deleted (canary gone)", namespace, name)
             for v in p.views:
                 log.debug("rollout %s/%s: %s %s", namespace, v.rollout, v.reason, v.message)
+            summary = k.summary(p)
+            with self._guard:
+                self.passes[namespace] = count = self.passes.get(namespace, 0) + 1
+                said, self._summary[namespace] = self._summary.get(namespace), summary
+            log.debug("Kruise pass %s #%d: %d writes", namespace, count, writes)
+            if summary != said:
+                log.info("Kruise mode %s: %s", namespace, summary)
             return p
 
     def guard_release(self, namespace: str, name: str) -> bool:

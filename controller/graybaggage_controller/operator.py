@@ -93,7 +93,7 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
     kube = Kube(api_client_from(cfg.kubeconfig, cfg.context))
     rec = Reconciler(kube, events=_post_event)
     G, V = n.GROUP, n.VERSION
-    kruise = KruiseMode(kube, rec)
+    kruise = KruiseMode(kube, rec, resync=cfg.resync, leading=leading)
     rec.table_hook = kruise.merge_table
 
     def _reconcile_release(namespace: str, name: str) -> Any:

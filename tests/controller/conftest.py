@@ -68,6 +68,7 @@ class ControllerProcess:
         self.webhook_name = f"graybaggage-{namespace}"[:253]
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.extra_args: list[str] = []     # e.g. ["-v"] for the next start
         self.log_path = workdir / "controller.log"
 
     def start(self, wait: bool = True) -> "ControllerProcess":
@@ -82,7 +83,7 @@ class ControllerProcess:
             [sys.executable, "-m", "graybaggage_controller", "--namespace", self.namespace,
              "--kubeconfig", self.cluster.kubeconfig, "--resync", "0.5",
              "--webhook-port", str(self.port), "--webhook-name", self.webhook_name,
-             "--tls-dir", str(self.workdir / "tls")],
+             "--tls-dir", str(self.workdir / "tls"), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True,
             preexec_fn=_set_pdeathsig)  # dies with the test run, even if pytest itself is killed
         log.close()

@@ -284,3 +284,21 @@ def test_release_conflict(rule, release, conflict):
     assert (msg is not None) == conflict, rule
     if conflict:
         assert "rollout-a" in msg and "Kruise" in msg
+
+
+@pytest.mark.parametrize("status,message,want", [
+    (500, 'conversion webhook for rollouts.kruise.io/v1beta1, Kind=Rollout failed: Post "https://127.0.0.1:1/convert'
+          '?timeout=30s": dial tcp 127.0.0.1:1: connect: connection refused', "its webhook refuses connections"),
+    (500, 'conversion webhook for rollouts.kruise.io/v1beta1, Kind=Rollout failed: Post "https://kruise-rollout-'
+          'webhook-service.kruise-rollout.svc:443/convert?timeout=30s": no endpoints available for service',
+     "its webhook Service has no endpoints"),
+    (500, "conversion webhook for rollouts.kruise.io/v1beta1, Kind=Rollout failed: context deadline exceeded",
+     "its webhook timed out"),
+    (500, "conversion webhook for x failed: x509: certificate signed by unknown authority",
+     "its conversion webhook fails: conversion webhook for x failed: x509: certificate signed by unknown authority"),
+    (500, "etcdserver: request timed out", None),           # not about Kruise
+    (403, "conversion webhook ... connection refused", None),  # a refusal by RBAC is not the manager
+    (404, "the server could not find the requested resource", None),
+])
+def test_manager_down(status, message, want):
+    assert k.manager_down(status, message) == want

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -276,3 +277,164 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         assert gb_kube.get("Deployment", ns, "spring-cloud-a-gray") is None
     finally:
         rec.stop()
+
+
+# ---------------------------------------------------------------------------------------------- status, restart
+
+def our_versions(kube, ns) -> dict[str, str]:
+    """resourceVersion of every object graybaggage writes in Kruise mode: lane Services, pinned base Services,
+    the lane-table ConfigMap."""
+    out = {f"Service/{s['metadata']['name']}": s["metadata"]["resourceVersion"]
+           for s in kube.list("Service", ns)
+           if (s["metadata"].get("labels") or {}).get(k.ROLLOUT_LABEL)
+           or n.PINNED_BY_ANN in (s["metadata"].get("annotations") or {})}
+    cm = kube.get("ConfigMap", ns, n.TABLE_CONFIGMAP)
+    if cm:
+        out[f"ConfigMap/{n.TABLE_CONFIGMAP}"] = cm["metadata"]["resourceVersion"]
+    return out
+
+
+def passes(ctl, ns, start: int) -> list[int]:
+    """Writes of each Kruise pass of `ns` logged since controller start #`start` (needs -v)."""
+    import re
+    text = ctl.log().split(f"===== start #{start} =====", 1)[-1]
+    return [int(m.group(1)) for m in re.finditer(rf"Kruise pass {re.escape(ns)} #\d+: (\d+) writes", text)]
+
+
+def lane_ready(cluster, ns, svc) -> int:
+    from kubernetes import client
+    slices = client.DiscoveryV1Api(cluster.api_client()).list_namespaced_endpoint_slice(
+        ns, label_selector=f"kubernetes.io/service-name={svc}").items
+    return sum(1 for s in slices for e in s.endpoints or [] if e.conditions and e.conditions.ready)
+
+
+@pytest.mark.parametrize("kruise_manager", ["v0.6.2"], indirect=True)
+def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster, gb_controller, gb_kube, tmp_path):
+    """Mid-release (a's canary ready, lane in the table, base pinned): `kubectl graybaggage status/get` show
+    the Kruise lanes (full RBAC, then view + graybaggage-release-operator: partial, with a line saying what
+    could not be read); then the controller is killed and started again: nothing it writes changes (same
+    resourceVersions after its first pass and after two more resync passes), and the lane is still served;
+    then Kruise's manager is stopped: one line in our log, still nothing changes, `status` says so; restarted,
+    one line that it answers again, and still nothing changes."""
+    from pathlib import Path
+
+    from .test_cli import plugin
+    from .test_deploy import token_kubeconfig
+
+    ns = gb_controller.namespace
+    kc = k8s_cluster.kubectl
+    apply(k8s_cluster, ns, [d for app in APPS[:2] for d in app_manifests(app)] + [SEED_INGRESS])
+    for app in APPS[:2]:
+        kc("-n", ns, "rollout", "status", f"deployment/{app}", "--timeout=60s")
+    apply(k8s_cluster, ns, [seed_rollout(x) for x in "ab"] + [SEED_TRAFFIC_ROUTING])
+    wait_for(lambda: all(rollout(k8s_cluster, ns, f"rollout-{x}").get("status", {}).get("phase") == "Healthy"
+                         for x in "ab"), 120, "the seed's Rollouts Healthy")
+    gb_controller.extra_args = ["-v"]       # the per-pass DEBUG lines count passes
+    gb_controller.start()
+    set_image(k8s_cluster, ns, "spring-cloud-a", NEW)
+    wait_for(lambda: routes(gb_kube, ns) == {"spring-cloud-a": "spring-cloud-a-gray"}, 180, "lane table {a}")
+    wait_for(lambda: rollout(k8s_cluster, ns, "rollout-a")["status"]["canaryStatus"].get("currentStepState")
+             == "StepPaused", 120, "rollout-a StepPaused")
+    wait_for(lambda: n.POD_TEMPLATE_HASH in gb_kube.get("Service", ns, "spring-cloud-a")["spec"]["selector"], 30,
+             "a pinned")
+    stable = gb_kube.get("Service", ns, "spring-cloud-a")["spec"]["selector"][n.POD_TEMPLATE_HASH]
+    wait_for(lambda: f"Kruise mode {ns}: rollout-a Member gray, rollout-b NoCanary" in gb_controller.log(), 60,
+             "the summary line")
+
+    # ---- status / get, full RBAC (the test's admin kubeconfig)
+    res = plugin("status", "-n", ns, kubeconfig=k8s_cluster.kubeconfig)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"No grayreleases found in {ns} namespace." and lines[2] == "Kruise Rollouts (Kruise mode):", \
+        res.stdout
+    rows = {ln.split()[0]: ln.split() for ln in lines[4:]}
+    assert rows["rollout-a"][:8] == ["rollout-a", "spring-cloud-a", "gray", "Member", "yes", "spring-cloud-a-gray",
+                                     "spring-cloud-a", f"({stable})"], res.stdout
+    assert rows["rollout-b"][:7] == ["rollout-b", "spring-cloud-b", "gray", "NoCanary", "no", "-", "-"], res.stdout
+    assert not any(ln.startswith("(") for ln in lines), res.stdout
+    wide = plugin("status", "-A", kubeconfig=k8s_cluster.kubeconfig)
+    assert wide.returncode == 0 and any(ln.split()[:2] == [ns, "rollout-a"] for ln in wide.stdout.splitlines()), \
+        wide.stdout
+    for cmd in ("status", "get"):
+        res = plugin(cmd, "rollout-a", "-n", ns, kubeconfig=k8s_cluster.kubeconfig)
+        assert res.returncode == 0, res.stderr
+        assert "Reason:        Member" in res.stdout and "Lane Services: spring-cloud-a-gray" in res.stdout \
+            and f"Base pinned:   spring-cloud-a ({stable})" in res.stdout and "In table:      yes" in res.stdout, \
+            res.stdout
+    res = plugin("status", "rollout-a", "-n", ns, "-o", "json", kubeconfig=k8s_cluster.kubeconfig)
+    assert json.loads(res.stdout)["reason"] == "Member", res.stdout
+    res = plugin("get", "rollout-z", "-n", ns, kubeconfig=k8s_cluster.kubeconfig)
+    assert res.returncode == 3 and "nor a Kruise Rollout" in res.stderr, res.stderr
+
+    # ---- view + graybaggage-release-operator (what the README documents for people): no Rollouts, so rows
+    # from graybaggage's own Services, and one line saying what was not readable
+    kc("apply", "-f", str(Path(__file__).parents[2] / "controller" / "deploy" / "rbac-users.yaml"))
+    kc("create", "serviceaccount", "viewer", "-n", ns)
+    for role in ("view", "graybaggage-release-operator"):
+        kc("create", "rolebinding", f"viewer-{role}", "-n", ns, f"--clusterrole={role}",
+           f"--serviceaccount={ns}:viewer")
+    viewer = str(token_kubeconfig(k8s_cluster, ns, "viewer", tmp_path / "viewer.kubeconfig"))
+    res = wait_for(lambda: (r := plugin("status", "-n", ns, kubeconfig=viewer)).returncode == 0 and r, 30,
+                   "status as the viewer")
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"No grayreleases found in {ns} namespace.", res.stdout
+    rows = {ln.split()[0]: ln.split() for ln in lines[4:] if not ln.startswith("(")}
+    assert rows["rollout-a"][:8] == ["rollout-a", "?", "gray", "?", "yes", "spring-cloud-a-gray", "spring-cloud-a",
+                                     f"({stable})"], res.stdout
+    assert f"(not allowed to list rollouts.rollouts.kruise.io in namespace {ns}: reasons not shown, rows from " \
+           "graybaggage's Services)" in lines, res.stdout
+
+    # ---- restart: kill, start, nothing we write changes
+    before = our_versions(gb_kube, ns)
+    assert set(before) == {"Service/spring-cloud-a-gray", "Service/spring-cloud-a", f"ConfigMap/{n.TABLE_CONFIGMAP}"}
+    gb_controller.kill()
+    gb_controller.start()
+    start = gb_controller.starts
+    wait_for(lambda: len(passes(gb_controller, ns, start)) >= 1, 60, "the first Kruise pass after the restart")
+    assert f"Kruise mode {ns}: rollout-a Member gray, rollout-b NoCanary" in \
+        gb_controller.log().split(f"===== start #{start} =====", 1)[-1]
+    assert our_versions(gb_kube, ns) == before
+    settled = len(passes(gb_controller, ns, start))
+    wait_for(lambda: len(passes(gb_controller, ns, start)) >= settled + 2, 60, "two more (resync) passes")
+    assert our_versions(gb_kube, ns) == before
+    assert set(passes(gb_controller, ns, start)) == {0}, passes(gb_controller, ns, start)
+    assert routes(gb_kube, ns) == {"spring-cloud-a": "spring-cloud-a-gray"}
+    assert lane_ready(k8s_cluster, ns, "spring-cloud-a-gray") >= 1
+    assert gb_kube.get("Service", ns, "spring-cloud-a")["spec"]["selector"][n.POD_TEMPLATE_HASH] == stable
+
+    # ---- Kruise manager down mid-release: one line, nothing of ours changes, status says so
+    down_line = "Kruise Rollout manager not answering (its webhook refuses connections): keeping the Kruise lanes"
+
+    def since_start() -> str:
+        return gb_controller.log().split(f"===== start #{start} =====", 1)[-1]
+
+    kruise_manager.stop_process()
+    try:
+        # what the controller probes: a GET of one Rollout in v1alpha1 needs Kruise's conversion webhook
+        probe = kc("get", "rollouts.v1alpha1.rollouts.kruise.io", "rollout-a", "-n", ns, check=False)
+        assert probe.returncode != 0 and "conversion webhook" in probe.stderr, (probe.stdout, probe.stderr)
+        wait_for(lambda: down_line in since_start(), 60, "the manager-down line")
+        frozen = len(passes(gb_controller, ns, start))
+        wait_for(lambda: len(passes(gb_controller, ns, start)) >= frozen + 3, 60, "three passes with Kruise down")
+        assert since_start().count("Kruise Rollout manager not answering") == 1
+        assert our_versions(gb_kube, ns) == before
+        assert routes(gb_kube, ns) == {"spring-cloud-a": "spring-cloud-a-gray"}
+        assert lane_ready(k8s_cluster, ns, "spring-cloud-a-gray") >= 1
+        res = plugin("status", "-n", ns, kubeconfig=k8s_cluster.kubeconfig)
+        assert res.returncode == 0, res.stderr
+        assert "(Kruise Rollout manager not answering (its webhook refuses connections): the controller keeps " \
+               "these lanes, lane Services and pins as they are until it answers)" in res.stdout.splitlines(), \
+            res.stdout
+        assert any(ln.split()[:4] == ["rollout-a", "spring-cloud-a", "gray", "Member"]
+                   for ln in res.stdout.splitlines()), res.stdout
+    finally:
+        if not kruise_manager.alive():
+            kruise_manager.start_process()
+            deadline = time.monotonic() + 120
+            kruise_manager.wait(kruise_manager._webhooks_ready, deadline, "webhooks back")
+            kruise_manager.wait(kruise_manager._serving, deadline, "serving again")
+    wait_for(lambda: "Kruise Rollout manager answering again: Kruise mode resumes in " + ns in since_start(), 60,
+             "the manager-back line")
+    wait_for(lambda: len(passes(gb_controller, ns, start)) >= frozen + 6, 60, "passes after the manager is back")
+    assert our_versions(gb_kube, ns) == before
+    assert set(passes(gb_controller, ns, start)) == {0}, passes(gb_controller, ns, start)

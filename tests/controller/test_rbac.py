@@ -67,7 +67,7 @@ def allows(g: dict, call: dict) -> bool:
 
 #: granted for Kruise mode (issue 14): read only, used when Kruise Rollout is installed (not in the seed flow)
 KRUISE_MODE = {
-    ("rollouts.kruise.io", "rollouts"): {"list", "watch"},
+    ("rollouts.kruise.io", "rollouts"): {"get", "list", "watch"},
     ("rollouts.kruise.io", "trafficroutings"): {"list", "watch"},
 }
 

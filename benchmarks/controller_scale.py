@@ -58,6 +58,7 @@ LANE = "gray"
 REPO = "registry.example/bench"
 TABLE_CM = "graybaggage-lanes"
 WATCH_NS, WATCH_CM = "bench-watch", "bench-lanes"
+NODE_PODS = 5000
 T0 = time.monotonic()
 
 
@@ -109,6 +110,16 @@ def control_plane_class():
                         "--audit-log-mode=batch", "--audit-log-format=json",
                         "--audit-log-batch-max-wait=1s"]
             super()._spawn(name, args, env)
+
+        def _create_node(self) -> None:
+            # the fake node takes 110 pods by default; the benchmark runs one per release plus the gray ones
+            super()._create_node()
+            st, body = Api(self).call("PATCH", "/api/v1/nodes/kwok-node-0/status",
+                                      {"status": {"allocatable": {"pods": str(NODE_PODS)},
+                                                  "capacity": {"pods": str(NODE_PODS)}}},
+                                      "application/merge-patch+json")
+            if st != 200:
+                raise RuntimeError(f"raising the node's pod capacity failed: HTTP {st}: {body}")
 
         def controller_kubeconfig(self) -> str:
             ca = base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()
@@ -213,7 +224,7 @@ def release_phases(api: Api) -> dict[tuple[str, str], str | None]:
 # ------------------------------------------------------------------------------------- controller process
 class Controller:
     def __init__(self, cp, workdir: Path, resync: float) -> None:
-        from tests.k8s.cluster import free_port
+        from tests.k8s.cluster import _set_pdeathsig, free_port
         self.cp, self.workdir = cp, workdir
         self.port = free_port()
         self.log_path = workdir / "controller.log"
@@ -223,7 +234,8 @@ class Controller:
                 [sys.executable, "-m", "graybaggage_controller", "--kubeconfig", cp.controller_kubeconfig(),
                  "--resync", str(resync), "--webhook-port", str(self.port), "--webhook-name", "graybaggage-bench",
                  "--tls-dir", str(workdir / "tls")],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir), start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir), start_new_session=True,
+                preexec_fn=_set_pdeathsig)   # dies with the benchmark
         self.tck = os.sysconf("SC_CLK_TCK")
 
     def cpu_seconds(self) -> float:
@@ -428,6 +440,7 @@ def run_watchers(cp, api: Api, n: int, procs: int, rounds: int, timeout: float) 
     st, body = api.call("POST", path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": WATCH_CM},
                                        "data": {"lanes.json": json.dumps(table_doc(0))}})
     assert st == 201, body
+    from tests.k8s.cluster import _set_pdeathsig
     procs = max(1, min(procs, n))
     sizes = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
     children = []
@@ -436,7 +449,8 @@ def run_watchers(cp, api: Api, n: int, procs: int, rounds: int, timeout: float) 
         children.append(subprocess.Popen(
             [sys.executable, __file__, "--_watcher-child", cp.server, str(cp.pki / "ca.crt"),
              str(cp.workdir / "watcher-token"), str(size), str(timeout)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+            preexec_fn=_set_pdeathsig))
     lines: list[list[str]] = [[] for _ in children]
 
     def reader(i: int, c) -> None:
@@ -564,6 +578,10 @@ def run(args) -> dict:
         progress("starting the control plane")
         cp.start()
         api = Api(cp)
+        st, node = api.call("GET", "/api/v1/nodes/kwok-node-0")
+        q = node["status"]["allocatable"]["pods"]     # a quantity: "110", "5k"
+        result["node_allocatable_pods"] = int(q[:-1]) * 1000 if q.endswith("k") else int(q)
+        assert result["node_allocatable_pods"] >= 2 * args.releases + 10, node["status"]["allocatable"]
         cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "controller/deploy/crds"))
         cp.kubectl("wait", "--for", "condition=Established", "--timeout=60s",
                    "crd/lanes.graybaggage.io", "crd/grayreleases.graybaggage.io")

@@ -662,7 +662,7 @@ def run(args) -> dict:
         if args.watchers:
             result["watchers"] = run_watchers(cp, api, args.watchers, args.watcher_procs, args.watch_rounds,
                                               args.timeout)
-            progress(f"watchers: {result['watchers']['latency_s']}")
+            progress("watchers: " + str({k: v for k, v in result['watchers']['latency_s'].items() if k != 'values'}))
         result["controller_alive"] = ctl.alive()
     finally:
         stop_sampler.set()

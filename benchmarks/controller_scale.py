@@ -105,6 +105,8 @@ def control_plane_class():
                 policy = self.workdir / "audit-policy.yaml"
                 policy.write_text(
                     "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
+                    # bodies of the controller's patches (what kopf writes at idle), metadata of the rest
+                    f"  - level: Request\n    users: [\"{CTL_USER}\"]\n    verbs: [patch]\n"
                     f"  - level: Metadata\n    users: [\"{CTL_USER}\"]\n  - level: None\n")
                 args = [*args, f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
                         "--audit-log-mode=batch", "--audit-log-format=json",
@@ -283,6 +285,26 @@ def wait_webhook(cp, ctl: Controller, timeout: float) -> None:
 
 
 # ------------------------------------------------------------------------------------- audit log
+def audit_series(path: Path, start: float, end: float, step: float = 10.0) -> list[int]:
+    """The controller's requests received per `step` seconds in [start, end): is the idle rate steady?"""
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if (ev.get("user") or {}).get("username") != CTL_USER:
+                continue
+            ts = datetime.datetime.fromisoformat(ev["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            if start <= ts < end:
+                seen[ev["auditID"]] = int((ts - start) // step)
+    out = [0] * max(1, int((end - start + 0.5) // step))
+    for b in seen.values():
+        out[min(b, len(out) - 1)] += 1
+    return out
+
+
 def audit_counts(path: Path, start: float, end: float) -> Counter:
     """(verb, resource) -> requests by the controller received in [start, end) (one per auditID)."""
     seen: dict[str, tuple[str, str]] = {}
@@ -571,7 +593,7 @@ def run(args) -> dict:
             stop_sampler.wait(15)
     threading.Thread(target=sampler, daemon=True).start()
 
-    cp = control_plane_class()(ensure_binaries())
+    cp = control_plane_class()(ensure_binaries(), keep_workdir=args.keep)
     ctl = None
     tw = None
     try:
@@ -640,6 +662,7 @@ def run(args) -> dict:
             "by_verb_per_min": {v: round(c / minutes, 1) for v, c in by_verb.most_common()},
             "by_verb_resource_per_min": by_verb_res,
             "list_per_release_per_min": round(lists / len(want), 3),
+            "requests_per_10s": audit_series(cp.audit_log, w0, w1),
             "requests_per_release_per_min": round(sum(counts.values()) / minutes / len(want), 3),
             "controller_cpu_s": round(cpu1 - cpu0, 2),
             "controller_cpu_cores": round((cpu1 - cpu0) / (w1 - w0), 3),
@@ -672,6 +695,8 @@ def run(args) -> dict:
             ctl.stop()
             result["controller_log_tail"] = ctl.log_path.read_text(errors="replace")[-1500:].splitlines()[-10:]
         cp.stop()
+        if args.keep:
+            progress(f"kept {cp.workdir} (audit.log, controller.log, logs/)")
     la = [s[1] for s in result["loadavg_samples"]]
     result["loadavg_1m"] = {"min": min(la), "max": max(la), "mean": round(sum(la) / len(la), 2)} if la else None
     result["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -682,16 +707,19 @@ def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--releases", type=int, default=200)
     p.add_argument("--namespaces", type=int, default=20)
-    p.add_argument("--moving", type=lambda s: [int(x) for x in s.split(",") if x], default=[10, 50],
+    p.add_argument("--moving", type=lambda s: [int(x) for x in s.split(",") if x.strip()], default=[10, 50],
                    help="comma-separated numbers of releases moved at once (default 10,50)")
     p.add_argument("--watchers", type=int, default=1000)
     p.add_argument("--watcher-procs", type=int, default=4)
     p.add_argument("--watch-rounds", type=int, default=5)
     p.add_argument("--idle-seconds", type=float, default=60)
-    p.add_argument("--settle-seconds", type=float, default=15)
+    p.add_argument("--settle-seconds", type=float, default=180,
+                   help="wait after all are Healthy before the idle window (default 180: at 200 releases the "
+                        "controller works off the set-up's events for ~1-2 min; see idle.requests_per_10s)")
     p.add_argument("--resync", type=float, default=5.0, help="the controller's --resync (default: its default, 5)")
     p.add_argument("--timeout", type=float, default=600, help="bound of every wait, seconds")
     p.add_argument("--out", default=None)
+    p.add_argument("--keep", action="store_true", help="keep the control plane's workdir (audit and controller logs)")
     return p.parse_args(argv)
 
 

@@ -78,6 +78,7 @@ def test_tiny_run(bench, tmp_path):
     assert idle["requests_per_min"] > 0 and idle["by_verb_resource_per_min"]
     assert set(idle["by_verb_per_min"]) <= {"list", "get", "watch", "patch", "update", "create", "delete"}
     assert idle["controller_rss_mib"]["end"] > 0
+    assert len(idle["requests_per_10s"]) == 1 and sum(idle["requests_per_10s"]) > 0
     assert [m["moving"] for m in r["moving"]] == [1, 2]
     assert [m["seen"] for m in r["moving"]] == [1, 2]          # every moved release reached the table
     assert all(m["set_image_to_table_s"]["n"] == m["moving"] for m in r["moving"])

@@ -38,7 +38,6 @@ import math
 import os
 import platform
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -483,7 +482,7 @@ def run_watchers(cp, api: Api, n: int, procs: int, rounds: int, timeout: float) 
     try:
         progress(f"watchers: starting {n} ConfigMapSources in {procs} processes")
         wait(lambda: all("READY" in ls for ls in lines) or
-             any(l.startswith("FAILED") for ls in lines for l in ls) or
+             any(line.startswith("FAILED") for ls in lines for line in ls) or
              any(c.poll() is not None for c in children), timeout, f"{n} watchers to connect", interval=0.2)
         assert all("READY" in ls for ls in lines), lines
         progress(f"watchers: {n} connected; {rounds} table changes")
@@ -493,7 +492,7 @@ def run_watchers(cp, api: Api, n: int, procs: int, rounds: int, timeout: float) 
             sent[str(rev)] = time.monotonic()
             st, resp = api.call("PATCH", f"{path}/{WATCH_CM}", body, "application/merge-patch+json")
             assert st == 200, resp
-            wait(lambda: all(f"SEEN {rev}" in ls for ls in lines), timeout, f"{n} watchers to see revision {rev}",
+            wait(lambda rev=rev: all(f"SEEN {rev}" in ls for ls in lines), timeout, f"{n} watchers to see revision {rev}",
                  interval=0.05)
             time.sleep(0.5)
         for c in children:
@@ -504,9 +503,9 @@ def run_watchers(cp, api: Api, n: int, procs: int, rounds: int, timeout: float) 
         lat: list[float] = []
         per_round: dict[str, dict] = {}
         for ls in lines:
-            for l in ls:
-                if l.startswith("TIMES "):
-                    for rev, ts in json.loads(l[6:]).items():
+            for line in ls:
+                if line.startswith("TIMES "):
+                    for rev, ts in json.loads(line[6:]).items():
                         if rev in sent:
                             d = [t - sent[rev] for t in ts]
                             lat += d

@@ -38,6 +38,9 @@ ROLLOUTS = {"v1beta1": "/apis/rollouts.kruise.io/v1beta1/namespaces/{ns}/rollout
 TRAFFIC_ROUTINGS = "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/trafficroutings"
 
 
+#: seconds between two API discovery reads of the Rollout API (Kruise installed or removed: seen within this)
+DISCOVERY_TTL = 30.0
+
 class KruiseMode:
     def __init__(self, kube: Kube, rec: Any, resync: float | None = None, leading: Any = None):
         self.kube = kube
@@ -54,13 +57,24 @@ class KruiseMode:
         self._lanes: dict[str, dict[str, dict[str, str]]] = {}
         self._managed: dict[str, dict[str, str]] = {}
         self._served: str | None = None
+        self._discovered: tuple[float, str | None] | None = None    # (when, served_version's answer)
         self._guard = threading.Lock()
         self._dirty: set[str] = set()
         self._draining: set[str] = set()
 
     # ---------------------------------------------------------------- reads
     def served_version(self) -> str | None:
-        """The Rollout API version to read (v1beta1, the storage version, else v1alpha1); None: no Kruise."""
+        """The Rollout API version to read (v1beta1, the storage version, else v1alpha1); None: no Kruise.
+        API discovery is asked at most once per DISCOVERY_TTL seconds: every GrayRelease pass asks, and the
+        scale benchmark measured these two GETs as 16 % of all idle requests with no Kruise installed."""
+        now = time.monotonic()
+        if self._discovered is not None and now - self._discovered[0] < DISCOVERY_TTL:
+            return self._discovered[1]
+        version = self._discover()
+        self._discovered = (now, version)
+        return version
+
+    def _discover(self) -> str | None:
         for version in ("v1beta1", "v1alpha1"):
             try:
                 body = self.kube.request("GET", f"/apis/rollouts.kruise.io/{version}")
@@ -153,9 +167,13 @@ class KruiseMode:
         return k.merge_lanes(table, lanes) if lanes else table
 
     def managed(self, namespace: str) -> dict[str, str]:
-        """Deployment -> Rollout for a namespace (read now; {} when Kruise is not served)."""
-        seen = self.observe(namespace)
-        return k.managed_deployments(seen["rollouts"]) if seen else {}
+        """Deployment -> Rollout for a namespace (read now; {} when Kruise is not served): one LIST of the
+        namespace's Rollouts, not a whole Kruise pass's reads (every GrayRelease pass asks this)."""
+        version = self.served_version()
+        if version is None:
+            return {}
+        from urllib.parse import quote
+        return k.managed_deployments(self._list(ROLLOUTS[version].format(ns=quote(namespace))))
 
     # ---------------------------------------------------------------- coalescing
     def poke(self, namespace: str) -> None:

@@ -4,6 +4,7 @@ One pass per namespace (`KruiseMode.reconcile`), under the Reconciler's namespac
 1. lane Services `<svc>-<tag>` created/updated (before any route names them);
 2. the lane table rebuilt (`Reconciler.sync_table` merges `lanes_for()` in): members join after their Service
    exists, and leave as soon as the Rollout is Finalising/Cancelling, before Kruise resumes the base;
+   then a Lane's entry route (`Reconciler.sync_entries`, same table) when the Kruise lanes changed;
 3. base Service pins (pin / follow the newest ready base ReplicaSet / unpin when no canary pod is left);
 4. lane Services of finished canaries deleted (only once the canary Deployment is gone).
 Kruise's own objects are only read. Besides watch events, every namespace seen is passed again each `resync`
@@ -254,6 +255,12 @@ class KruiseMode:
                 self._managed[namespace] = p.managed
             if changed or p.lanes:
                 self.rec.sync_table(namespace)
+            if changed:     # a Lane's entry route follows the Kruise members too, right after the table
+                try:
+                    self.rec.sync_entries(namespace)
+                except Exception:
+                    log.exception("%s: entry routing not synced after a Kruise lane change (the Lane's next "
+                                  "pass retries)", namespace)
             for svc, patch in sorted(p.pins.items()):
                 kube.patch("Service", namespace, svc, patch)
                 log.info("Kruise mode: base Service %s/%s selector -> %s", namespace, svc, patch["spec"]["selector"])

@@ -251,6 +251,14 @@ class Reconciler:
             raise ValueError(act.verb)
 
     # ------------------------------------------------------------------------------------ lane table
+    def lane_table(self, namespace: str, lanes: list[dict], releases: list[dict],
+                   overrides: dict[str, dict[str, str]] | None = None,
+                   queue_overrides: dict[str, list[str]] | None = None) -> dict:
+        """The lane table of Lanes and GrayReleases, plus what `table_hook` adds (Kruise mode): what is published
+        AND what entry routing follows (one table for both, so an entry moves with every member)."""
+        want = d.build_lane_table(namespace, lanes, releases, overrides, queue_overrides)
+        return self.table_hook(namespace, want) if self.table_hook is not None else want
+
     def sync_table(self, namespace: str, overrides: dict[str, dict[str, str]] | None = None,
                    queue_overrides: dict[str, list[str]] | None = None) -> dict | None:
         """Rebuild the namespace's lane table from all Lanes and GrayReleases; write only if it changed."""
@@ -258,9 +266,7 @@ class Reconciler:
             for _attempt in range(8):
                 lanes = self.kube.list("Lane", namespace)
                 releases = self.kube.list("GrayRelease", namespace)
-                want = d.build_lane_table(namespace, lanes, releases, overrides, queue_overrides)
-                if self.table_hook is not None:
-                    want = self.table_hook(namespace, want)
+                want = self.lane_table(namespace, lanes, releases, overrides, queue_overrides)
                 cm = self.kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)
                 if cm is not None and d.labels_of(cm).get(n.MANAGED_BY_LABEL) != n.MANAGED_BY:
                     log.warning("ConfigMap %s/%s is not managed by graybaggage; not touching it",
@@ -310,7 +316,8 @@ class Reconciler:
                 return None
             self._entry_namespaces.add(namespace)
             releases = self.kube.list("GrayRelease", namespace)
-            table = d.build_lane_table(namespace, lanes, releases, overrides)
+            # the table with Kruise lanes too: a Lane's entry follows a Kruise canary like a GrayRelease's
+            table = self.lane_table(namespace, lanes, releases, overrides)
             wanted, outcomes = entry.intents(lanes, table)
             services = {d.meta(x)["name"] for x in self.kube.list("Service", namespace)}
             ok = []

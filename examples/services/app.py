@@ -2,7 +2,9 @@
 lanes are switched on by ``graybaggage run`` and environment variables only.
 
 Env: SERVICE_NAME (a | b | c | edge), SERVICE_VERSION, PORT, NEXT (URL of the service it calls, if any),
-GRAYBAGGAGE_LANE (which lane this instance serves; set by the controller in Kubernetes),
+GRAYBAGGAGE_LANE (which lane this instance serves; set by the controller in Kubernetes), else
+MSE_ALICLOUD_SERVICE_TAG (MSE's name, read the same way by the library; with Kruise Rollout, from the pod's
+``alicloud.service.tag`` label through the downward API), else base;
 SHUTDOWN_DELAY_SECONDS (default 0): on SIGTERM keep serving this long, then stop accepting and finish the
 requests in flight, as a Kubernetes pod should (its endpoints are withdrawn while it still serves).
 
@@ -23,7 +25,7 @@ from flask import Flask, Response, jsonify, request
 
 NAME = os.environ.get("SERVICE_NAME", "a")
 VERSION = os.environ.get("SERVICE_VERSION", "1.0.0")
-LANE = os.environ.get("GRAYBAGGAGE_LANE", "base")
+LANE = os.environ.get("GRAYBAGGAGE_LANE") or os.environ.get("MSE_ALICLOUD_SERVICE_TAG") or "base"
 NEXT = os.environ.get("NEXT", "").rstrip("/")
 INSTANCE = os.environ.get("HOSTNAME") or socket.gethostname()   # the pod's name in Kubernetes
 

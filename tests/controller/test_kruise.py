@@ -302,3 +302,47 @@ def test_release_conflict(rule, release, conflict):
 ])
 def test_manager_down(status, message, want):
     assert k.manager_down(status, message) == want
+
+
+# ---- a Lane's entry route follows Kruise members (Reconciler.sync_entries reads the table WITH the Kruise lanes)
+ENTRY_LANE = {"apiVersion": "graybaggage.io/v1alpha1", "kind": "Lane",
+              "metadata": {"name": "gray", "namespace": NS, "creationTimestamp": "2026-01-01T00:00:00Z"},
+              "spec": {"tag": "gray", "header": "x-mse-tag",
+                       "entry": {"service": "spring-cloud-a", "route": {"httpRoute": {"name": "spring-cloud-a"}},
+                                 "matches": [{"headers": [{"type": "Exact", "name": "User-Agent",
+                                                           "value": "xiaoming"}]}]}}}
+
+
+@pytest.mark.parametrize("rule,kruise_lanes,backend,active", [
+    ("Kruise canary of the entry service: the entry sends xiaoming to its lane Service",
+     {"gray": {"spring-cloud-a": "spring-cloud-a-gray", "spring-cloud-c": "spring-cloud-c-gray"}},
+     "spring-cloud-a-gray", True),
+    ("Kruise canary of another service only: entry active (dyes), backend the base Service",
+     {"gray": {"spring-cloud-c": "spring-cloud-c-gray"}}, "spring-cloud-a", True),
+    ("no Kruise lane: entry idle", {}, "spring-cloud-a", False),
+])
+def test_entry_follows_kruise_lanes(rule, kruise_lanes, backend, active, monkeypatch):
+    from graybaggage_controller import entry
+    from graybaggage_controller.reconcile import Reconciler
+
+    class Kube:
+        def list(self, kind, ns, selector=None):
+            return {"Lane": [ENTRY_LANE], "Service": [service("spring-cloud-a")]}.get(kind, [])
+
+    seen = []
+
+    class Provider:
+        handles = (entry.base.HTTPROUTE, None)
+
+        def __init__(self, kube, namespace):
+            pass
+
+        def ensure(self, intents):
+            seen.extend(intents)
+            return {}
+
+    monkeypatch.setattr(entry, "PROVIDERS", [Provider])
+    rec = Reconciler(Kube())
+    rec.table_hook = lambda ns, table: k.merge_lanes(table, kruise_lanes)
+    rec.sync_entries(NS)
+    assert [(it.backend, it.active) for it in seen] == [(backend, active)], rule

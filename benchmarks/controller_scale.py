@@ -284,9 +284,10 @@ def wait_webhook(cp, ctl: Controller, timeout: float) -> None:
 
 
 # ------------------------------------------------------------------------------------- audit log
-def audit_series(path: Path, start: float, end: float, step: float = 10.0) -> list[int]:
-    """The controller's requests received per `step` seconds in [start, end): is the idle rate steady?"""
-    seen: dict[str, int] = {}
+def audit_events(path: Path, start: float, end: float):
+    """(received time, event) of each request the controller's user made in [start, end) (by auditID: an
+    audit log has one line per stage of a request)."""
+    seen: dict[str, tuple[float, dict]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -297,32 +298,28 @@ def audit_series(path: Path, start: float, end: float, step: float = 10.0) -> li
                 continue
             ts = datetime.datetime.fromisoformat(ev["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
             if start <= ts < end:
-                seen[ev["auditID"]] = int((ts - start) // step)
+                seen[ev["auditID"]] = (ts, ev)
+    return seen.values()
+
+
+def audit_series(path: Path, start: float, end: float, step: float = 10.0) -> list[int]:
+    """The controller's requests received per `step` seconds in [start, end): is the idle rate steady?"""
     out = [0] * max(1, int((end - start + 0.5) // step))
-    for b in seen.values():
-        out[min(b, len(out) - 1)] += 1
+    for ts, _ev in audit_events(path, start, end):
+        out[min(int((ts - start) // step), len(out) - 1)] += 1
     return out
 
 
 def audit_counts(path: Path, start: float, end: float) -> Counter:
     """(verb, resource) -> requests by the controller received in [start, end) (one per auditID)."""
-    seen: dict[str, tuple[str, str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if (ev.get("user") or {}).get("username") != CTL_USER:
-                continue
-            ts = datetime.datetime.fromisoformat(ev["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
-            if start <= ts < end:
-                ref = ev.get("objectRef") or {}
-                res = ref.get("resource") or ev.get("requestURI", "?").split("?")[0]
-                if ref.get("subresource"):
-                    res += "/" + ref["subresource"]
-                seen[ev["auditID"]] = (ev.get("verb", "?"), res)
-    return Counter(seen.values())
+    counts: Counter = Counter()
+    for _ts, ev in audit_events(path, start, end):
+        ref = ev.get("objectRef") or {}
+        res = ref.get("resource") or ev.get("requestURI", "?").split("?")[0]
+        if ref.get("subresource"):
+            res += "/" + ref["subresource"]
+        counts[(ev.get("verb", "?"), res)] += 1
+    return counts
 
 
 # ------------------------------------------------------------------------------------- lane-table watch

@@ -23,9 +23,13 @@ def _start() -> None:
         from graybaggage import _status
 
         _status.state.switched_on_by = "graybaggage run"
-        from opentelemetry.instrumentation.auto_instrumentation import initialize
-
-        initialize()  # logs and swallows its own errors: the program always starts
+        try:
+            from opentelemetry.instrumentation.auto_instrumentation import initialize
+        except ImportError:  # opentelemetry-instrumentation 0.51b0 (the oldest supported) does not export it:
+            os.environ.setdefault("PYTHONPATH", "")  # there importing its sitecustomize runs initialize() once
+            import opentelemetry.instrumentation.auto_instrumentation.sitecustomize  # noqa: F401
+        else:
+            initialize()  # logs and swallows its own errors: the program always starts
     except Exception:  # noqa: BLE001 - e.g. OpenTelemetry missing: start the program uninstrumented, say why
         import logging
 

@@ -19,10 +19,21 @@ HOP = ROOT / "tests" / "apps" / "hop.py"
 BIN = Path(sys.executable).parent
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A 127.0.0.1 port nothing listens on now, never the same one twice in this test process: a port is
+    released before its server binds it, and six calls in a row once returned one port twice (b and c-gray
+    of one seed: b failed to bind, c-gray answered in its place and the chain skipped b)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free 127.0.0.1 port not handed out before")
 
 
 @contextlib.contextmanager

@@ -223,21 +223,23 @@ def kruise_rows(namespace: str, views: Sequence[k.RolloutView] | None, services:
     return rows
 
 
+def _kruise_cell(value: Any) -> str:
+    """One Kruise-mode value as shown: ? unknown (not readable), yes/no, a comma list, - empty."""
+    if value is None:
+        return "?"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(value) or "-"
+    return str(value) or "-"
+
+
 def kruise_table(rows: Sequence[dict], all_namespaces: bool, notes: Sequence[str] = ()) -> str:
     """The `Kruise Rollouts` block of `status`: a table of :func:`kruise_rows` and one line per thing that
     could not be read."""
-    def cell(value: Any) -> str:
-        if value is None:
-            return "?"
-        if isinstance(value, bool):
-            return "yes" if value else "no"
-        if isinstance(value, list):
-            return ", ".join(value) or "-"
-        return str(value) or "-"
-
     out = ["Kruise Rollouts (Kruise mode):"]
     if rows:
-        body = [[cell(r[key]) for key in ("rollout", "workload", "lane", "reason", "inTable", "laneServices",
+        body = [[_kruise_cell(r[key]) for key in ("rollout", "workload", "lane", "reason", "inTable", "laneServices",
                                            "basePinned")] + [r.get("message") or ""] for r in rows]
         headers = list(KRUISE_HEADERS)
         if all_namespaces:
@@ -253,14 +255,7 @@ def kruise_table(rows: Sequence[dict], all_namespaces: bool, notes: Sequence[str
 def kruise_detail(row: dict) -> str:
     """`status NAME` / `get NAME` when NAME is a Kruise Rollout (no GrayRelease of that name)."""
     def val(key: str) -> str:
-        v = row.get(key)
-        if v is None:
-            return "?"
-        if isinstance(v, bool):
-            return "yes" if v else "no"
-        if isinstance(v, list):
-            return ", ".join(v) or "-"
-        return str(v) or "-"
+        return _kruise_cell(row.get(key))
     return "\n".join([
         f"Name:          {row['rollout']}",
         f"Namespace:     {row['namespace']}",

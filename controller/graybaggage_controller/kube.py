@@ -18,17 +18,37 @@ log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
 
+GW_GROUP = "gateway.networking.k8s.io"
+KRUISE_GROUP = "rollouts.kruise.io"
+
+#: every kind's collection path (`{ns}`: the namespace; cluster-scoped kinds have none). The only place the
+#: controller spells a REST path of a kind (API discovery paths aside).
 _PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
     "Event": "/api/v1/namespaces/{ns}/events",
+    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     "GrayRelease": f"/apis/{n.GROUP}/{n.VERSION}/namespaces/{{ns}}/{n.RELEASES}",
     "Lane": f"/apis/{n.GROUP}/{n.VERSION}/namespaces/{{ns}}/{n.LANES}",
     "MutatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+    "HTTPRoute": f"/apis/{GW_GROUP}/v1/namespaces/{{ns}}/httproutes",
+    "Gateway": f"/apis/{GW_GROUP}/v1/namespaces/{{ns}}/gateways",
+    "GatewayClass": f"/apis/{GW_GROUP}/v1/gatewayclasses",
+    "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses",
+    # Kruise Rollout serves two versions; kruise_io picks the one discovery says is served
+    "Rollout": f"/apis/{KRUISE_GROUP}/v1beta1/namespaces/{{ns}}/rollouts",
+    "Rollout/v1alpha1": f"/apis/{KRUISE_GROUP}/v1alpha1/namespaces/{{ns}}/rollouts",
+    "TrafficRouting": f"/apis/{KRUISE_GROUP}/v1alpha1/namespaces/{{ns}}/trafficroutings",
 }
+
+
+def path_template(kind: str) -> str:
+    """The collection path of `kind` with `{ns}` unfilled (for callers that format it themselves)."""
+    return _PATHS[kind]
 
 
 class KubeError(Exception):

@@ -42,8 +42,6 @@ from .kube import Kube, KubeError
 
 log = logging.getLogger(__name__)
 
-LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
-SECRET_PATH = "/api/v1/namespaces/{ns}/secrets"
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 TLS_FILES = ("ca.crt", "tls.crt", "tls.key")
 
@@ -141,13 +139,9 @@ class LeaderElector:
                     self._leading.clear()
             self._stop.wait(self.retry_period)
 
-    def _path(self, name: str | None = None) -> str:
-        p = LEASE_PATH.format(ns=self.namespace)
-        return f"{p}/{name}" if name else p
-
     def _try_acquire_or_renew(self) -> bool:
         try:
-            lease = self.kube.request("GET", self._path(self.name))
+            lease = self.kube.request("GET", Kube.path("Lease", self.namespace, self.name))
         except KubeError as e:
             if e.status != 404:
                 raise
@@ -161,7 +155,7 @@ class LeaderElector:
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": duration,
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                self.kube.request("POST", self._path(), body=body)
+                self.kube.request("POST", Kube.path("Lease", self.namespace), body=body)
             except KubeError as e:
                 if e.status == 409:
                     return False
@@ -185,7 +179,7 @@ class LeaderElector:
         spec.update(holderIdentity=self.identity, leaseDurationSeconds=duration, renewTime=now)
         lease["spec"] = spec
         try:
-            self.kube.request("PUT", self._path(self.name), body=lease)
+            self.kube.request("PUT", Kube.path("Lease", self.namespace, self.name), body=lease)
         except KubeError as e:
             if e.status == 409:                 # someone else wrote it first: not ours this round
                 return False
@@ -195,14 +189,14 @@ class LeaderElector:
 
     def _release(self) -> None:
         try:
-            lease = self.kube.request("GET", self._path(self.name))
+            lease = self.kube.request("GET", Kube.path("Lease", self.namespace, self.name))
             spec = dict(lease.get("spec") or {})
             if spec.get("holderIdentity") != self.identity:
                 return
             spec.pop("holderIdentity", None)
             spec.update(leaseDurationSeconds=1, renewTime=_micro_time())
             lease["spec"] = spec
-            self.kube.request("PUT", self._path(self.name), body=lease)
+            self.kube.request("PUT", Kube.path("Lease", self.namespace, self.name), body=lease)
             log.info("leader election: %s released the lease %s/%s", self.identity, self.namespace, self.name)
         except Exception:
             log.warning("leader election: could not release the lease (it expires by itself)", exc_info=True)
@@ -241,10 +235,9 @@ def shared_webhook_tls(kube: Kube, namespace: str, name: str, directory: str, ho
     """
     from .certs import self_signed
 
-    path = SECRET_PATH.format(ns=namespace)
     for _attempt in range(5):
         try:
-            secret = kube.request("GET", f"{path}/{name}")
+            secret = kube.request("GET", Kube.path("Secret", namespace, name))
         except KubeError as e:
             if e.status != 404:
                 raise
@@ -261,13 +254,13 @@ def shared_webhook_tls(kube: Kube, namespace: str, name: str, directory: str, ho
         fresh = {f: base64.b64encode((Path(directory) / f).read_bytes()).decode() for f in TLS_FILES}
         try:
             if secret is None:
-                kube.request("POST", path, body={
+                kube.request("POST", Kube.path("Secret", namespace), body={
                     "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": fresh,
                     "metadata": {"name": name, "namespace": namespace,
                                  "labels": {n.MANAGED_BY_LABEL: n.MANAGED_BY}}})
             else:
                 secret["data"] = {**data, **fresh}
-                kube.request("PUT", f"{path}/{name}", body=secret)
+                kube.request("PUT", Kube.path("Secret", namespace, name), body=secret)
             log.info("webhook certificate for %s stored in Secret %s/%s", hosts[0], namespace, name)
             return
         except KubeError as e:

@@ -388,7 +388,7 @@ class GatewayAPIProvider(base.Provider):
             if same(want, route):
                 return outcomes
             try:
-                self.kube.request("PUT", base.path("HTTPRoute", self.namespace, name), body=want)
+                self.kube.replace("HTTPRoute", self.namespace, name, want)
                 log.info("%s: HTTPRoute %s %s", self.namespace, name,
                          "programmed" if n.ENTRY_ROUTING_ANN in (want["metadata"].get("annotations") or {})
                          else "restored")

@@ -228,18 +228,14 @@ class IngressProvider(base.Provider):
         for cname in mine:
             if cname not in canaries:
                 log.info("%s: delete canary Ingress %s", ns, cname)
-                try:
-                    self.kube.request("DELETE", base.path("Ingress", ns, cname))
-                except KubeError as e:
-                    if e.status != 404:
-                        raise
+                self.kube.delete("Ingress", ns, cname)
         return outcomes
 
     def _write_canary(self, name: str, want: Obj, current: Obj | None) -> None:
         ns = self.namespace
         if current is None:
             try:
-                self.kube.request("POST", base.path("Ingress", ns), body=want)
+                self.kube.create("Ingress", ns, want)
                 log.info("%s: created canary Ingress %s", ns, name)
             except KubeError as e:
                 if e.status != 409:
@@ -250,7 +246,7 @@ class IngressProvider(base.Provider):
         body = copy.deepcopy(want)
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         try:
-            self.kube.request("PUT", base.path("Ingress", ns, name), body=body)
+            self.kube.replace("Ingress", ns, name, body)
         except KubeError as e:
             if e.status not in (404, 409):    # next pass retries
                 raise
@@ -265,7 +261,7 @@ class IngressProvider(base.Provider):
             if _same(current, want):
                 return
             try:
-                self.kube.request("PUT", base.path("Ingress", ns, name), body=want)
+                self.kube.replace("Ingress", ns, name, want)
                 log.info("%s: Ingress %s %s", ns, name, "annotated" if items else "restored")
                 return
             except KubeError as e:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import names as n
-from .kube import Kube, KubeError
+from .kube import Conflict, Kube, NotFound, retry_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,7 @@ class LeaderElector:
     def _try_acquire_or_renew(self) -> bool:
         try:
             lease = self.kube.request("GET", Kube.path("Lease", self.namespace, self.name))
-        except KubeError as e:
-            if e.status != 404:
-                raise
+        except NotFound:
             lease = None
         now = _micro_time()
         duration = int(math.ceil(self.lease_duration))
@@ -156,10 +154,8 @@ class LeaderElector:
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
                 self.kube.request("POST", Kube.path("Lease", self.namespace), body=body)
-            except KubeError as e:
-                if e.status == 409:
-                    return False
-                raise
+            except Conflict:
+                return False
             self._observed, self._observed_at = (self.identity, now), self.clock()
             return True
         spec = dict(lease.get("spec") or {})
@@ -180,10 +176,8 @@ class LeaderElector:
         lease["spec"] = spec
         try:
             self.kube.request("PUT", Kube.path("Lease", self.namespace, self.name), body=lease)
-        except KubeError as e:
-            if e.status == 409:                 # someone else wrote it first: not ours this round
-                return False
-            raise
+        except Conflict:                        # someone else wrote it first: not ours this round
+            return False
         self._observed, self._observed_at = (self.identity, now), self.clock()
         return True
 
@@ -235,12 +229,10 @@ def shared_webhook_tls(kube: Kube, namespace: str, name: str, directory: str, ho
     """
     from .certs import self_signed
 
-    for _attempt in range(5):
+    def attempt() -> None:
         try:
             secret = kube.request("GET", Kube.path("Secret", namespace, name))
-        except KubeError as e:
-            if e.status != 404:
-                raise
+        except NotFound:
             secret = None
         data = (secret or {}).get("data") or {}
         if _usable(data, hosts[0], min_valid_days):
@@ -252,18 +244,15 @@ def shared_webhook_tls(kube: Kube, namespace: str, name: str, directory: str, ho
             return
         self_signed(directory, hosts)
         fresh = {f: base64.b64encode((Path(directory) / f).read_bytes()).decode() for f in TLS_FILES}
-        try:
-            if secret is None:
-                kube.request("POST", Kube.path("Secret", namespace), body={
-                    "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": fresh,
-                    "metadata": {"name": name, "namespace": namespace,
-                                 "labels": {n.MANAGED_BY_LABEL: n.MANAGED_BY}}})
-            else:
-                secret["data"] = {**data, **fresh}
-                kube.request("PUT", Kube.path("Secret", namespace, name), body=secret)
-            log.info("webhook certificate for %s stored in Secret %s/%s", hosts[0], namespace, name)
-            return
-        except KubeError as e:
-            if e.status != 409:
-                raise
-    raise RuntimeError(f"could not store the webhook certificate in Secret {namespace}/{name} (conflicts)")
+        if secret is None:
+            kube.request("POST", Kube.path("Secret", namespace), body={
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": fresh,
+                "metadata": {"name": name, "namespace": namespace, "labels": {n.MANAGED_BY_LABEL: n.MANAGED_BY}}})
+        else:
+            secret["data"] = {**data, **fresh}
+            kube.request("PUT", Kube.path("Secret", namespace, name), body=secret)
+        log.info("webhook certificate for %s stored in Secret %s/%s", hosts[0], namespace, name)
+    try:    # whoever loses a race (409) reads the winner's
+        retry_on_conflict(attempt, attempts=5)
+    except Conflict as e:
+        raise RuntimeError(f"could not store the webhook certificate in Secret {namespace}/{name} (conflicts)") from e

@@ -18,7 +18,7 @@ from typing import Callable
 from . import desired as d
 from . import entry
 from . import names as n
-from .kube import JSONPATCH, MERGE, Kube, KubeError
+from .kube import JSONPATCH, MERGE, Conflict, Kube, KubeError, NotFound, retry_on_conflict
 from .plan import Action, Observed, Plan, Verb, plan_release
 
 log = logging.getLogger(__name__)
@@ -147,33 +147,31 @@ class Reconciler:
         try:
             updated = self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"metadata": {
                 "finalizers": fins + [n.FINALIZER], "resourceVersion": d.meta(obj)["resourceVersion"]}})
-        except KubeError as e:
-            if e.status in (404, 409):
-                return False        # changed or gone under us: the next event retries
-            raise
+        except (NotFound, Conflict):
+            return False        # changed or gone under us: the next event retries
         obj["metadata"] = updated["metadata"]
         return True
 
     def _release_finalizer(self, kind: str, obj: dict) -> bool:
         """Remove our finalizer (retrying on conflicts); True once it is gone (or the object is)."""
-        for _attempt in range(10):
-            current = self.kube.get(kind, d.meta(obj)["namespace"], d.meta(obj)["name"])
-            if current is None:
+        ns, name = d.meta(obj)["namespace"], d.meta(obj)["name"]
+
+        def attempt() -> bool:
+            current = self.kube.get(kind, ns, name)
+            fins = list(d.meta(current).get("finalizers") or []) if current is not None else []
+            if current is None or n.FINALIZER not in fins:
                 return True
-            fins = list(d.meta(current).get("finalizers") or [])
-            if n.FINALIZER not in fins:
-                return True
-            fins = [f for f in fins if f != n.FINALIZER]
             try:
-                self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"metadata": {
-                    "finalizers": fins or None, "resourceVersion": d.meta(current)["resourceVersion"]}})
-                return True
-            except KubeError as e:
-                if e.status == 404:
-                    return True
-                if e.status != 409:
-                    raise
-        return False
+                self.kube.patch(kind, ns, name, {"metadata": {
+                    "finalizers": [f for f in fins if f != n.FINALIZER] or None,
+                    "resourceVersion": d.meta(current)["resourceVersion"]}})
+            except NotFound:
+                pass
+            return True
+        try:
+            return retry_on_conflict(attempt, attempts=10)
+        except Conflict:
+            return False
 
     def execute(self, gr: dict, plan: Plan) -> None:
         ns, name = d.meta(gr)["namespace"], d.meta(gr)["name"]
@@ -196,9 +194,8 @@ class Reconciler:
                                             **plan.routes} or None
             try:
                 self.kube.patch("GrayRelease", ns, name, body, sub="status")
-            except KubeError as e:
-                if e.status != 404:
-                    raise
+            except NotFound:
+                pass
 
     def _apply(self, ns: str, release: str, act: Action, plan: Plan) -> None:
         k = self.kube
@@ -215,9 +212,8 @@ class Reconciler:
         elif act.verb == Verb.CREATE:
             try:
                 k.create(act.kind, ns, act.body)
-            except KubeError as e:
-                if e.status != 409:
-                    raise
+            except Conflict:
+                pass
         elif act.verb == Verb.UPDATE:
             current = k.get(act.kind, ns, act.name)
             if current is None:
@@ -240,9 +236,8 @@ class Reconciler:
         elif act.verb == Verb.PATCH:
             try:
                 k.patch(act.kind, ns, act.name, act.body, MERGE)
-            except KubeError as e:
-                if e.status != 404:
-                    raise
+            except NotFound:
+                pass
         elif act.verb == Verb.JSONPATCH:
             k.patch(act.kind, ns, act.name, act.body, JSONPATCH)
         elif act.verb == Verb.PATCH_RELEASE:
@@ -263,43 +258,44 @@ class Reconciler:
                    queue_overrides: dict[str, list[str]] | None = None) -> dict | None:
         """Rebuild the namespace's lane table from all Lanes and GrayReleases; write only if it changed."""
         with self.lock(namespace):
-            for _attempt in range(8):
-                lanes = self.kube.list("Lane", namespace)
-                releases = self.kube.list("GrayRelease", namespace)
-                want = self.lane_table(namespace, lanes, releases, overrides, queue_overrides)
-                cm = self.kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)
-                if cm is not None and d.labels_of(cm).get(n.MANAGED_BY_LABEL) != n.MANAGED_BY:
-                    log.warning("ConfigMap %s/%s is not managed by graybaggage; not touching it",
-                                namespace, n.TABLE_CONFIGMAP)
-                    return None
-                try:
-                    if not want["lanes"]:
-                        if cm is not None:
-                            self.kube.delete("ConfigMap", namespace, n.TABLE_CONFIGMAP,
-                                             resource_version=d.meta(cm).get("resourceVersion"))
-                        return None
-                    current = d.parse_lane_table((cm or {}).get("data", {}).get(n.TABLE_KEY))
-                    if d.same_table(current, want):
-                        return current
-                    try:
-                        revision = int((current or {}).get("revision", 0)) + 1
-                    except (TypeError, ValueError):
-                        revision = 1
-                    body = d.lane_table_configmap(namespace, d.render_lane_table(want, revision))
-                    if cm is None:
-                        self.kube.create("ConfigMap", namespace, body)
-                    else:
-                        merged = copy.deepcopy(cm)
-                        merged["data"] = {**(cm.get("data") or {}), **body["data"]}
-                        self.kube.replace("ConfigMap", namespace, n.TABLE_CONFIGMAP, merged)
-                    log.info("lane table %s/%s revision %s: %s", namespace, n.TABLE_CONFIGMAP, revision,
-                             json.dumps(want["lanes"], sort_keys=True))
-                    return want
-                except KubeError as e:
-                    if e.status in (409, 404):   # conflict / raced create or delete: rebuild and retry
-                        continue
-                    raise
-            raise RuntimeError(f"could not write lane table in {namespace} (conflicts)")
+            try:     # Conflict: a stale read; NotFound: a raced delete. Either way: read again, rebuild, write
+                return retry_on_conflict(lambda: self._write_table(namespace, overrides, queue_overrides),
+                                         attempts=8, retriable=(Conflict, NotFound))
+            except (Conflict, NotFound) as e:
+                raise RuntimeError(f"could not write lane table in {namespace} (conflicts)") from e
+
+    def _write_table(self, namespace: str, overrides: dict[str, dict[str, str]] | None,
+                     queue_overrides: dict[str, list[str]] | None) -> dict | None:
+        """One read-build-write of the lane table (sync_table retries it on conflicts)."""
+        lanes = self.kube.list("Lane", namespace)
+        releases = self.kube.list("GrayRelease", namespace)
+        want = self.lane_table(namespace, lanes, releases, overrides, queue_overrides)
+        cm = self.kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)
+        if cm is not None and d.labels_of(cm).get(n.MANAGED_BY_LABEL) != n.MANAGED_BY:
+            log.warning("ConfigMap %s/%s is not managed by graybaggage; not touching it", namespace, n.TABLE_CONFIGMAP)
+            return None
+        if not want["lanes"]:
+            if cm is not None:
+                self.kube.delete("ConfigMap", namespace, n.TABLE_CONFIGMAP,
+                                 resource_version=d.meta(cm).get("resourceVersion"))
+            return None
+        current = d.parse_lane_table((cm or {}).get("data", {}).get(n.TABLE_KEY))
+        if d.same_table(current, want):
+            return current
+        try:
+            revision = int((current or {}).get("revision", 0)) + 1
+        except (TypeError, ValueError):
+            revision = 1
+        body = d.lane_table_configmap(namespace, d.render_lane_table(want, revision))
+        if cm is None:
+            self.kube.create("ConfigMap", namespace, body)
+        else:
+            merged = copy.deepcopy(cm)
+            merged["data"] = {**(cm.get("data") or {}), **body["data"]}
+            self.kube.replace("ConfigMap", namespace, n.TABLE_CONFIGMAP, merged)
+        log.info("lane table %s/%s revision %s: %s", namespace, n.TABLE_CONFIGMAP, revision,
+                 json.dumps(want["lanes"], sort_keys=True))
+        return want
 
     # ------------------------------------------------------------------------------------ entry routing
     def sync_entries(self, namespace: str, overrides: dict[str, dict[str, str]] | None = None,
@@ -372,9 +368,8 @@ class Reconciler:
                             body[key] = None
                     try:
                         self.kube.patch("Lane", namespace, name, {"status": body}, sub="status")
-                    except KubeError as e:
-                        if e.status != 404:
-                            raise
+                    except NotFound:
+                        pass
             self.sync_table(namespace)
             return lane is None
 
@@ -386,9 +381,7 @@ class Reconciler:
             try:
                 self.kube.create("MutatingWebhookConfiguration", None, body)
                 return
-            except KubeError as e:
-                if e.status != 409:
-                    raise
+            except Conflict:
                 current = self.kube.get("MutatingWebhookConfiguration", None, name)
         merged = copy.deepcopy(current)
         merged["webhooks"] = body["webhooks"]

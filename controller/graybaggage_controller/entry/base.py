@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 
-from ..kube import Kube, KubeError
+from ..kube import Kube, NotFound
 from .model import (  # noqa: F401 - re-exported for the providers
     BAGGAGE,
     CLASS_TYPES,
@@ -48,10 +48,8 @@ def list_(kube: Kube, kind: str, namespace: str, label_selector: str | None = No
     """LIST; None when the API is not served."""
     try:
         return kube.list(kind, namespace, label_selector)
-    except KubeError as e:
-        if e.status == 404:
-            return None
-        raise
+    except NotFound:
+        return None
 
 
 def api_served(kube: Kube, kind: str, namespace: str) -> bool:

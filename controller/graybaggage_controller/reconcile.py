@@ -198,52 +198,55 @@ class Reconciler:
                 pass
 
     def _apply(self, ns: str, release: str, act: Action, plan: Plan) -> None:
-        k = self.kube
         if act.verb != Verb.TABLE:
             log.info("%s/%s: %s %s %s %s", ns, release, act.verb, act.kind, act.name,
                      json.dumps(act.body)[:300] if act.verb in (Verb.PATCH, Verb.PATCH_RELEASE) else "")
-        if act.verb == Verb.TABLE:
-            self.sync_table(ns, overrides={release: plan.routes}, queue_overrides={release: plan.queues})
-            if ns in self._entry_namespaces:    # move the entry route with the table, before gray objects go
-                try:
-                    self.sync_entries(ns, overrides={release: plan.routes})
-                except Exception:
-                    log.exception("%s: entry routing not synced (the Lane's next pass retries)", ns)
-        elif act.verb == Verb.CREATE:
+        run = self._EXECUTE.get(act.verb)
+        if run is None:
+            raise ValueError(f"no executor for verb {act.verb!r}")
+        run(self, ns, release, act, plan)
+
+    # one small method per verb, dispatched by _EXECUTE (each: ns, release name, action, whole plan)
+    def _do_table(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        self.sync_table(ns, overrides={release: plan.routes}, queue_overrides={release: plan.queues})
+        if ns in self._entry_namespaces:    # move the entry route with the table, before gray objects go
             try:
-                k.create(act.kind, ns, act.body)
-            except Conflict:
-                pass
-        elif act.verb == Verb.UPDATE:
-            current = k.get(act.kind, ns, act.name)
-            if current is None:
-                k.create(act.kind, ns, act.body)
-                return
-            body = copy.deepcopy(current)
-            body.pop("status", None)
-            m = body["metadata"]
-            m["labels"] = {**(m.get("labels") or {}), **act.body["metadata"].get("labels", {})}
-            m["annotations"] = {**(m.get("annotations") or {}), **act.body["metadata"].get("annotations", {})}
-            m["ownerReferences"] = act.body["metadata"]["ownerReferences"]
-            if act.kind == "Service":
-                body["spec"]["ports"] = act.body["spec"]["ports"]
-                body["spec"]["selector"] = act.body["spec"]["selector"]
-            else:
-                body["spec"] = act.body["spec"]
-            k.replace(act.kind, ns, act.name, body)
-        elif act.verb == Verb.DELETE:
-            k.delete(act.kind, ns, act.name)
-        elif act.verb == Verb.PATCH:
-            try:
-                k.patch(act.kind, ns, act.name, act.body, MERGE)
-            except NotFound:
-                pass
-        elif act.verb == Verb.JSONPATCH:
-            k.patch(act.kind, ns, act.name, act.body, JSONPATCH)
-        elif act.verb == Verb.PATCH_RELEASE:
-            k.patch("GrayRelease", ns, act.name, act.body, MERGE)
-        else:  # pragma: no cover
-            raise ValueError(act.verb)
+                self.sync_entries(ns, overrides={release: plan.routes})
+            except Exception:
+                log.exception("%s: entry routing not synced (the Lane's next pass retries)", ns)
+
+    def _do_create(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        try:
+            self.kube.create(act.kind, ns, act.body)
+        except Conflict:        # already there: the next pass compares it with what we want
+            pass
+
+    def _do_update(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        current = self.kube.get(act.kind, ns, act.name)
+        if current is None:
+            self.kube.create(act.kind, ns, act.body)
+        else:
+            self.kube.replace(act.kind, ns, act.name, d.merged_for_update(act.kind, current, act.body))
+
+    def _do_delete(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        self.kube.delete(act.kind, ns, act.name)
+
+    def _do_patch(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        try:
+            self.kube.patch(act.kind, ns, act.name, act.body, MERGE)
+        except NotFound:
+            pass
+
+    def _do_jsonpatch(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        self.kube.patch(act.kind, ns, act.name, act.body, JSONPATCH)
+
+    def _do_patch_release(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        self.kube.patch("GrayRelease", ns, act.name, act.body, MERGE)
+
+    _EXECUTE: dict[Verb, Callable[["Reconciler", str, str, Action, Plan], None]] = {
+        Verb.TABLE: _do_table, Verb.CREATE: _do_create, Verb.UPDATE: _do_update, Verb.DELETE: _do_delete,
+        Verb.PATCH: _do_patch, Verb.JSONPATCH: _do_jsonpatch, Verb.PATCH_RELEASE: _do_patch_release,
+    }
 
     # ------------------------------------------------------------------------------------ lane table
     def lane_table(self, namespace: str, lanes: list[dict], releases: list[dict],

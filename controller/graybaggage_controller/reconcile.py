@@ -182,20 +182,26 @@ class Reconciler:
                 self.events(gr, etype, reason, message)
             except Exception:  # events are best effort
                 log.debug("event not posted", exc_info=True)
-        if _status_view(gr.get("status")) != _status_view(plan.status):
-            body = {"status": dict(plan.status)}
-            old = gr.get("status") or {}
-            for key in old:
-                if key not in body["status"] and key != "kopf":
-                    body["status"][key] = None
-            if old.get("routes"):
-                # merge patch merges maps: drop old routes explicitly
-                body["status"]["routes"] = {**{k: None for k in old["routes"] if k not in plan.routes},
-                                            **plan.routes} or None
-            try:
-                self.kube.patch("GrayRelease", ns, name, body, sub="status")
-            except NotFound:
-                pass
+        self._write_status("GrayRelease", gr, plan.status, maps=("routes",))
+
+    def _write_status(self, kind: str, obj: dict, want: dict, maps: tuple[str, ...] = ()) -> bool:
+        """The one status writer (GrayRelease, Lane): when `want` differs from the object's status (kopf's
+        bookkeeping and condition timestamps aside), a merge patch of the status subresource that also nulls
+        the keys `want` dropped and, for the map-valued keys in `maps`, the map entries it dropped (a merge
+        patch merges maps). An object deleted meanwhile is no error. True when written."""
+        old = obj.get("status") or {}
+        if _status_view(old) == _status_view(want):
+            return False
+        body = {**{k: None for k in old if k != "kopf"}, **want}
+        for key in maps:
+            if old.get(key):
+                body[key] = {**{k: None for k in old[key] if k not in (want.get(key) or {})},
+                             **(want.get(key) or {})} or None
+        try:
+            self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"status": body}, sub="status")
+        except NotFound:
+            pass
+        return True
 
     def _apply(self, ns: str, release: str, act: Action, plan: Plan) -> None:
         if act.verb != Verb.TABLE:
@@ -364,15 +370,7 @@ class Reconciler:
                 want.update(d.lane_status_entry(lane, mine.conditions if mine else None,
                                                 mine.detail if mine else None, old,
                                                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))))
-                if _status_view(old) != _status_view(want):
-                    body = dict(want)
-                    for key in old:
-                        if key not in body and key != "kopf":
-                            body[key] = None
-                    try:
-                        self.kube.patch("Lane", namespace, name, {"status": body}, sub="status")
-                    except NotFound:
-                        pass
+                self._write_status("Lane", lane, want)
             self.sync_table(namespace)
             return lane is None
 

@@ -1,4 +1,4 @@
-"""The executor of reconcile.Reconciler, against a recording stand-in for Kube (one row
+"""The executor and the status writer of reconcile.Reconciler, against a recording stand-in for Kube (one row
 per verb / rule). The live tests (test_live.py and others) run the same code against the real API server."""
 
 from __future__ import annotations
@@ -91,3 +91,37 @@ def test_an_unknown_verb_is_an_error_not_a_silent_skip():
     with pytest.raises(ValueError):
         Reconciler(Recorder())._apply(NS, "r", Action("bogus"), Plan([], {}, {}, []))   # type: ignore[arg-type]
 
+
+def obj(kind, status):
+    return {"kind": kind, "metadata": {"name": "x", "namespace": NS}, "status": status}
+
+
+COND = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+STATUS_ROWS = [
+    # (rule, kind, old status, want, maps, patch body written or None)
+    ("unchanged: nothing written", "Lane", {"phase": "Ready"}, {"phase": "Ready"}, (), None),
+    ("kopf's bookkeeping and condition timestamps are not a change", "GrayRelease",
+     {"phase": "Paused", "kopf": {"progress": {}}, "conditions": [COND]},
+     {"phase": "Paused", "conditions": [dict(COND, lastTransitionTime="2026-02-02T00:00:00Z")]}, ("routes",), None),
+    ("a change is written", "Lane", {"phase": "Ready"}, {"phase": "Degraded"}, (), {"phase": "Degraded"}),
+    ("a key no longer wanted is nulled (kopf's left alone)", "Lane", {"phase": "Ready", "message": "m", "kopf": {}},
+     {"phase": "Ready"}, (), {"phase": "Ready", "message": None}),
+    ("a map's dropped entries are nulled (merge patch merges maps)", "GrayRelease",
+     {"routes": {"a": "a-gray", "b": "b-gray"}}, {"routes": {"a": "a-gray"}}, ("routes",),
+     {"routes": {"a": "a-gray", "b": None}}),
+    ("a map emptied is nulled", "GrayRelease", {"routes": {"a": "a-gray"}}, {"routes": {}}, ("routes",),
+     {"routes": {"a": None}}),
+]
+
+
+@pytest.mark.parametrize("rule,kind,old,want,maps,body", STATUS_ROWS, ids=[r[0] for r in STATUS_ROWS])
+def test_one_status_writer(rule, kind, old, want, maps, body):
+    kube = Recorder()
+    wrote = Reconciler(kube)._write_status(kind, obj(kind, old), want, maps)
+    assert wrote is (body is not None)
+    assert kube.calls == ([("patch", kind, NS, "x", {"status": body}, None, "status")] if body is not None else [])
+
+
+def test_status_of_a_deleted_object_is_no_error():
+    kube = Recorder(fail={"patch": NotFound(404, "gone")})
+    assert Reconciler(kube)._write_status("Lane", obj("Lane", {}), {"phase": "Ready"}) is True

@@ -376,15 +376,16 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------ webhook config
     def apply_webhook_configuration(self, body: dict) -> None:
+        """Create the MutatingWebhookConfiguration, or replace its webhooks (labels merged) keeping the rest."""
         name = body["metadata"]["name"]
-        current = self.kube.get("MutatingWebhookConfiguration", None, name)
-        if current is None:
-            try:
-                self.kube.create("MutatingWebhookConfiguration", None, body)
+
+        def attempt() -> None:
+            current = self.kube.get("MutatingWebhookConfiguration", None, name)
+            if current is None:
+                self.kube.create("MutatingWebhookConfiguration", None, body)  # created meanwhile: Conflict, again
                 return
-            except Conflict:
-                current = self.kube.get("MutatingWebhookConfiguration", None, name)
-        merged = copy.deepcopy(current)
-        merged["webhooks"] = body["webhooks"]
-        merged.setdefault("metadata", {}).setdefault("labels", {}).update(body["metadata"].get("labels") or {})
-        self.kube.replace("MutatingWebhookConfiguration", None, name, merged)
+            merged = copy.deepcopy(current)
+            merged["webhooks"] = body["webhooks"]
+            merged.setdefault("metadata", {}).setdefault("labels", {}).update(body["metadata"].get("labels") or {})
+            self.kube.replace("MutatingWebhookConfiguration", None, name, merged)
+        retry_on_conflict(attempt)

@@ -125,3 +125,23 @@ def test_one_status_writer(rule, kind, old, want, maps, body):
 def test_status_of_a_deleted_object_is_no_error():
     kube = Recorder(fail={"patch": NotFound(404, "gone")})
     assert Reconciler(kube)._write_status("Lane", obj("Lane", {}), {"phase": "Ready"}) is True
+
+
+def test_webhook_configuration_created_meanwhile_by_another_replica_is_merged_not_lost():
+    """Two replicas start at once: ours finds none, the other creates it first (409), ours reads it again and
+    replaces the webhooks (labels merged) on the other's resourceVersion instead of failing its startup."""
+    kind = "MutatingWebhookConfiguration"
+    theirs = {"metadata": {"name": "w", "resourceVersion": "5", "labels": {"b": "2"}}, "webhooks": [{"name": "old"}]}
+
+    class Racing(Recorder):
+        def create(self, kind, ns, body):
+            self.calls.append(("create", kind, ns, body["metadata"]["name"]))
+            self.objects[(kind, "w")] = theirs
+            raise Conflict(409, "already exists")
+    kube = Racing()
+    Reconciler(kube).apply_webhook_configuration({"metadata": {"name": "w", "labels": {"a": "1"}},
+                                                  "webhooks": [{"name": "new"}]})
+    assert kube.calls == [("get", kind, None, "w"), ("create", kind, None, "w"), ("get", kind, None, "w"),
+                          ("replace", kind, None, "w", {"metadata": {"name": "w", "resourceVersion": "5",
+                                                                     "labels": {"b": "2", "a": "1"}},
+                                                        "webhooks": [{"name": "new"}]})]

@@ -182,21 +182,20 @@ class Reconciler:
                 self.events(gr, etype, reason, message)
             except Exception:  # events are best effort
                 log.debug("event not posted", exc_info=True)
-        self._write_status("GrayRelease", gr, plan.status, maps=("routes",))
+        self._write_status("GrayRelease", gr, plan.status)
 
-    def _write_status(self, kind: str, obj: dict, want: dict, maps: tuple[str, ...] = ()) -> bool:
+    def _write_status(self, kind: str, obj: dict, want: dict) -> bool:
         """The one status writer (GrayRelease, Lane): when `want` differs from the object's status (kopf's
         bookkeeping and condition timestamps aside), a merge patch of the status subresource that also nulls
-        the keys `want` dropped and, for the map-valued keys in `maps`, the map entries it dropped (a merge
-        patch merges maps). An object deleted meanwhile is no error. True when written."""
+        what `want` dropped: keys, and the entries of map-valued keys (a merge patch merges maps: a GrayRelease's
+        `routes`, a Lane's `entry`). An object deleted meanwhile is no error. True when written."""
         old = obj.get("status") or {}
         if _status_view(old) == _status_view(want):
             return False
         body = {**{k: None for k in old if k != "kopf"}, **want}
-        for key in maps:
-            if old.get(key):
-                body[key] = {**{k: None for k in old[key] if k not in (want.get(key) or {})},
-                             **(want.get(key) or {})} or None
+        for key, was in old.items():
+            if key != "kopf" and was and isinstance(was, dict) and isinstance(want.get(key), dict):
+                body[key] = {**{k: None for k in was if k not in want[key]}, **want[key]}
         try:
             self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"status": body}, sub="status")
         except NotFound:

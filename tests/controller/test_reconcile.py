@@ -98,26 +98,31 @@ def obj(kind, status):
 
 COND = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
 STATUS_ROWS = [
-    # (rule, kind, old status, want, maps, patch body written or None)
-    ("unchanged: nothing written", "Lane", {"phase": "Ready"}, {"phase": "Ready"}, (), None),
+    # (rule, kind, old status, want, patch body written or None)
+    ("unchanged: nothing written", "Lane", {"phase": "Ready"}, {"phase": "Ready"}, None),
     ("kopf's bookkeeping and condition timestamps are not a change", "GrayRelease",
      {"phase": "Paused", "kopf": {"progress": {}}, "conditions": [COND]},
-     {"phase": "Paused", "conditions": [dict(COND, lastTransitionTime="2026-02-02T00:00:00Z")]}, ("routes",), None),
-    ("a change is written", "Lane", {"phase": "Ready"}, {"phase": "Degraded"}, (), {"phase": "Degraded"}),
+     {"phase": "Paused", "conditions": [dict(COND, lastTransitionTime="2026-02-02T00:00:00Z")]}, None),
+    ("a change is written", "Lane", {"phase": "Ready"}, {"phase": "Degraded"}, {"phase": "Degraded"}),
     ("a key no longer wanted is nulled (kopf's left alone)", "Lane", {"phase": "Ready", "message": "m", "kopf": {}},
-     {"phase": "Ready"}, (), {"phase": "Ready", "message": None}),
+     {"phase": "Ready"}, {"phase": "Ready", "message": None}),
     ("a map's dropped entries are nulled (merge patch merges maps)", "GrayRelease",
-     {"routes": {"a": "a-gray", "b": "b-gray"}}, {"routes": {"a": "a-gray"}}, ("routes",),
-     {"routes": {"a": "a-gray", "b": None}}),
-    ("a map emptied is nulled", "GrayRelease", {"routes": {"a": "a-gray"}}, {"routes": {}}, ("routes",),
+     {"routes": {"a": "a-gray", "b": "b-gray"}}, {"routes": {"a": "a-gray"}}, {"routes": {"a": "a-gray", "b": None}}),
+    ("a map emptied has every entry nulled", "GrayRelease", {"routes": {"a": "a-gray"}}, {"routes": {}},
      {"routes": {"a": None}}),
+    ("a Lane's entry detail that lost a key (Ingress -> HTTPRoute entry) has it nulled", "Lane",
+     {"entry": {"route": "Ingress/a", "canary": "Ingress/a-gray", "backend": "a-gray"}},
+     {"entry": {"route": "HTTPRoute/a", "backend": "a-gray"}},
+     {"entry": {"route": "HTTPRoute/a", "backend": "a-gray", "canary": None}}),
+    ("a map no longer wanted at all is nulled whole", "Lane", {"phase": "Ready", "entry": {"route": "HTTPRoute/a"}},
+     {"phase": "Ready"}, {"phase": "Ready", "entry": None}),
 ]
 
 
-@pytest.mark.parametrize("rule,kind,old,want,maps,body", STATUS_ROWS, ids=[r[0] for r in STATUS_ROWS])
-def test_one_status_writer(rule, kind, old, want, maps, body):
+@pytest.mark.parametrize("rule,kind,old,want,body", STATUS_ROWS, ids=[r[0] for r in STATUS_ROWS])
+def test_one_status_writer(rule, kind, old, want, body):
     kube = Recorder()
-    wrote = Reconciler(kube)._write_status(kind, obj(kind, old), want, maps)
+    wrote = Reconciler(kube)._write_status(kind, obj(kind, old), want)
     assert wrote is (body is not None)
     assert kube.calls == ([("patch", kind, NS, "x", {"status": body}, None, "status")] if body is not None else [])
 

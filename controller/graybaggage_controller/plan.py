@@ -193,37 +193,192 @@ def _steps(spec: Mapping[str, Any]) -> list[Obj]:
     return list(spec.get("steps") or [{"pause": {}}])
 
 
+def _pause_duration(step: Mapping[str, Any] | None) -> Any:
+    return ((step or {}).get("pause") or {}).get("duration")
+
+
+# ---------------------------------------------------------------------------------------------- facts
+
+Cond = tuple[str, str, str, str]      # (type, status, reason, message) of a status condition
+Event = tuple[str, str, str]          # (type, reason, message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """Everything a planner decides on, derived once from an `Observed` by `facts_of`. Fields marked
+    "persisted" are read back from the GrayRelease's own status (the module docstring says which and why);
+    every other one is derived from the cluster in this pass."""
+    # the GrayRelease
+    release: Obj
+    name: str
+    tag: str
+    workload: str                     # spec.workloadRef.name
+    steps: tuple[Obj, ...]
+    deleting: bool
+    ann: Mapping[str, str]            # its annotations: approve / rollback requests
+    status: Obj                       # persisted: the status the previous pass wrote
+    now: float
+    lane: Obj | None
+    other_targeting: str | None
+    # objects of ours
+    own_gray: Obj | None              # the gray Deployment <deploy>-<tag>, when ours
+    gray_conflict: bool               # ... when someone else's
+    gray_pods: int
+    stale_grays: tuple[Obj, ...]      # gray Deployments of ours under another name (lane or workload changed)
+    lane_svcs: tuple[Obj, ...]
+    pinned: tuple[Obj, ...]           # Services pinned by this release
+    svc_by_name: Mapping[str, Obj]
+    published: bool                   # persisted (status.routes / queues): the table may route to the lane
+    pending_entry: str | None         # why no lane Service may go yet (entry route), or None
+    # the base Deployment (None, "" and False when it is missing)
+    base: Obj | None
+    base_name: str
+    current: str                      # hash of its template now
+    recorded_stable: str | None       # its stable-revision annotation
+    stable: str | None                # recorded_stable, or current while none is recorded
+    stable_rs: Obj | None
+    targeted: bool                    # labelled as this release's target
+    base_marked: bool                 # carries anything of ours (target label, stable or paused-by annotation)
+    base_paused: bool
+    base_paused_by_us: bool
+    base_rolled_out: bool
+    restore: Obj | None               # the stable template it must go back to (rollback, deletion), if any
+    queue_names: tuple[str, ...] | None
+    queue_error: str | None
+    # the canary's progress (meaningful while current != stable)
+    rollback: bool                    # the rollback annotation names the current template
+    same: bool                        # persisted: status.canaryRevision is the current template
+    promoting: bool                   # persisted: status.phase == Promoting for this canary revision
+    step: int                         # persisted (currentStep), advanced by this pass's approval / timed pause
+    started: float | None             # persisted (stepStartedAt), likewise
+    approved_step: int | None         # the step an approval moved to in this pass (an event says so)
+    pause_requeue: float | None       # seconds left in a running timed pause
+    # where base traffic goes
+    stable_pth: str | None            # pod-template-hash of the stable pods (None: none left, do not pin)
+    services: tuple[Obj, ...]         # the Services selecting the stable pods
+    stable_pods_gone: bool            # no stable pod left (webhook bypassed, rollout finished): not pinned
+    others: tuple[Obj, ...]           # other workloads' Deployments (a Service shared with one is not pinned)
+
+    @property
+    def leftovers(self) -> bool:
+        """The gray Deployment or a lane Service of ours still exists."""
+        return self.own_gray is not None or bool(self.lane_svcs)
+
+    @property
+    def base_to_put_back(self) -> bool:
+        """The base is not yet back on its stable template, unpaused (a clean-up step puts it back)."""
+        return self.base is not None and (self.restore is not None or self.base_paused_by_us)
+
+
+def facts_of(obs: Observed) -> Facts:
+    """The facts of one pass, derived once."""
+    gr = obs.release
+    spec, st = gr.get("spec") or {}, gr.get("status") or {}
+    steps = _steps(spec)
+    release = dict(release=gr, name=d.meta(gr)["name"], tag=spec.get("lane") or "",
+                   workload=(spec.get("workloadRef") or {}).get("name", ""), steps=tuple(steps),
+                   deleting=bool(d.meta(gr).get("deletionTimestamp")), ann=d.annotations_of(gr), status=st,
+                   now=obs.now, lane=obs.lane, other_targeting=obs.other_targeting)
+    base = _base_facts(obs, release["name"], release["tag"])
+    progress = _progress_facts(st, release["ann"], steps, base["current"], obs.now)
+    restore = None
+    if (release["deleting"] or progress["rollback"]) and base["stable_rs"] is not None \
+            and base["recorded_stable"] and base["current"] != base["recorded_stable"]:
+        restore = d.replicaset_template(base["stable_rs"])
+    return Facts(**release, **_owned_facts(obs, gr), **base, **progress, restore=restore,
+                 **_traffic_facts(obs, base["base_name"], release["tag"], base["stable_rs"]))
+
+
+def _owned_facts(obs: Observed, gr: Obj) -> dict[str, Any]:
+    name, st = d.meta(gr)["name"], gr.get("status") or {}
+    own_gray = obs.gray if obs.gray is not None and d.owned_by(obs.gray, gr) else None
+    lane_svcs = [s for s in obs.services if d.labels_of(s).get(n.OWNER_LABEL) == name and d.owned_by(s, gr)]
+    stale = [dep for dep in obs.deployments
+             if d.labels_of(dep).get(n.OWNER_LABEL) == name and d.owned_by(dep, gr)
+             and (own_gray is None or d.meta(dep)["name"] != d.meta(own_gray)["name"])]
+    return dict(own_gray=own_gray, gray_conflict=obs.gray is not None and own_gray is None, gray_pods=obs.gray_pods,
+                stale_grays=tuple(stale), lane_svcs=tuple(lane_svcs),
+                pinned=tuple(s for s in obs.services if d.annotations_of(s).get(n.PINNED_BY_ANN) == name),
+                svc_by_name={d.meta(s)["name"]: s for s in obs.services},
+                published=bool(st.get("routes")) or bool(st.get("queues")),
+                pending_entry=entry_pending(obs.entry_routes, {d.meta(s)["name"] for s in lane_svcs}))
+
+
+def _base_facts(obs: Observed, name: str, tag: str) -> dict[str, Any]:
+    base = obs.base
+    if base is None:
+        return dict(base=None, base_name="", current="", recorded_stable=None, stable=None, stable_rs=None,
+                    targeted=False, base_marked=False, base_paused=False, base_paused_by_us=False,
+                    base_rolled_out=False, queue_names=None, queue_error=None)
+    bspec, bann = base.get("spec") or {}, d.annotations_of(base)
+    current = d.template_hash(bspec.get("template"))
+    recorded = bann.get(n.STABLE_ANN)
+    targeted = d.labels_of(base).get(n.RELEASE_LABEL) == name
+    queues, error = d.celery_queues(base, tag)
+    return dict(base=base, base_name=d.meta(base)["name"], current=current, recorded_stable=recorded,
+                stable=recorded or current,
+                stable_rs=stable_replicaset(obs.replicasets, base, recorded) if recorded else None,
+                targeted=targeted, base_marked=targeted or n.STABLE_ANN in bann or n.PAUSED_BY_ANN in bann,
+                base_paused=bool(bspec.get("paused")), base_paused_by_us=bool(bspec.get("paused")) and
+                n.PAUSED_BY_ANN in bann, base_rolled_out=rolled_out(base),
+                queue_names=tuple(queues) if queues is not None else None, queue_error=error)
+
+
+def _progress_facts(st: Obj, ann: Mapping[str, str], steps: list[Obj], current: str, now: float) -> dict[str, Any]:
+    """Where the canary is in its steps: the persisted step, moved on by an approval of exactly this step of this
+    template, then by every timed pause that has run out (each next one starts when the previous ended)."""
+    same = st.get("canaryRevision") == current
+    recorded = st.get("currentStep")
+    step = recorded if same and isinstance(recorded, int) else 0
+    started = parse_iso(st.get("stepStartedAt")) if same else None
+    promoting = same and st.get("phase") == Phase.PROMOTING
+    approved, requeue = None, None
+    if not promoting and step < len(steps) and ann.get(n.APPROVE_ANN) == f"{current}/{step}":
+        step, started, approved = step + 1, now, step + 1
+    while not promoting and step < len(steps) and started is not None:
+        duration = _pause_duration(steps[step])
+        if duration is None:
+            break
+        if now - started >= duration:
+            step, started = step + 1, started + duration
+        else:
+            requeue = started + duration - now
+            break
+    return dict(rollback=ann.get(n.ROLLBACK_ANN) == current, same=same, promoting=promoting, step=step,
+                started=started, approved_step=approved, pause_requeue=requeue)
+
+
+def _traffic_facts(obs: Observed, base_name: str, tag: str, stable_rs: Obj | None) -> dict[str, Any]:
+    if stable_rs is None:
+        return dict(stable_pth=None, stable_pods_gone=False, services=(), others=())
+    rs_spec = stable_rs.get("spec") or {}
+    pth = d.labels_of(stable_rs).get(n.POD_TEMPLATE_HASH) or \
+        (rs_spec.get("selector") or {}).get("matchLabels", {}).get(n.POD_TEMPLATE_HASH)
+    gone = not (stable_rs.get("status") or {}).get("availableReplicas") and not rs_spec.get("replicas")
+    if gone:
+        pth = None           # pinning would leave the base Service without endpoints
+    labels = (d.replicaset_template(stable_rs).get("metadata") or {}).get("labels") or {}
+    others = [dep for dep in obs.deployments
+              if d.meta(dep).get("name") not in (base_name, d.lane_name(base_name, tag))
+              and not d.labels_of(dep).get(n.OWNER_LABEL)]
+    return dict(stable_pth=pth, stable_pods_gone=gone, services=tuple(d.workload_services(obs.services, labels)), others=tuple(others))
+
+
 # ---------------------------------------------------------------------------------------------- plan
 
 def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state machine)
-    gr = obs.release
+    f = facts_of(obs)
+    gr, st, name, tag, steps = f.release, f.status, f.name, f.tag, list(f.steps)
     spec = gr.get("spec") or {}
-    st = gr.get("status") or {}
-    name = d.meta(gr)["name"]
-    tag = spec.get("lane") or ""
-    steps = _steps(spec)
-    deleting = bool(d.meta(gr).get("deletionTimestamp"))
-    base = obs.base
-    workload = (spec.get("workloadRef") or {}).get("name", "")
+    deleting, base, workload = f.deleting, f.base, f.workload
 
     events: list[tuple[str, str, str]] = []
     conds: list[tuple[str, str, str, str]] = []
     requeue: float | None = None
 
-    own_gray = obs.gray if obs.gray is not None and d.owned_by(obs.gray, gr) else None
-    gray_conflict = obs.gray is not None and own_gray is None
-    svc_by_name = {d.meta(s)["name"]: s for s in obs.services}
-    own_lane_svcs = [s for s in obs.services
-                     if d.labels_of(s).get(n.OWNER_LABEL) == name and d.owned_by(s, gr)]
-    pinned = [s for s in obs.services if d.annotations_of(s).get(n.PINNED_BY_ANN) == name]
-    # gray Deployments of ours under another name (the lane or the workload changed): always removed
-    stale_grays = [dep for dep in obs.deployments
-                   if d.labels_of(dep).get(n.OWNER_LABEL) == name and d.owned_by(dep, gr)
-                   and (own_gray is None or d.meta(dep)["name"] != d.meta(own_gray)["name"])]
-    # (a)/(b) of the clean-up: the table still routes to our lane Services (published by an earlier pass; this
-    # pass drops it, the next one sees it dropped), or an entry route still does / is not acknowledged yet
-    published = bool(st.get("routes")) or bool(st.get("queues"))
-    pending_entry = entry_pending(obs.entry_routes, {d.meta(s)["name"] for s in own_lane_svcs})
+    own_gray, gray_conflict, svc_by_name = f.own_gray, f.gray_conflict, f.svc_by_name
+    own_lane_svcs, pinned, stale_grays = list(f.lane_svcs), list(f.pinned), list(f.stale_grays)
+    published, pending_entry = f.published, f.pending_entry
 
     if obs.lane is None:
         conds.append(("LaneFound", "False", "LaneNotFound",

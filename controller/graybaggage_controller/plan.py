@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import desired as d
 from . import names as n
@@ -366,241 +366,205 @@ def _traffic_facts(obs: Observed, base_name: str, tag: str, stable_rs: Obj | Non
 
 # ---------------------------------------------------------------------------------------------- plan
 
-def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state machine)
+def plan_release(obs: Observed) -> Plan:
+    """Plan one pass: the first situation of `SITUATIONS` that holds plans it."""
     f = facts_of(obs)
-    gr, st, name, tag, steps = f.release, f.status, f.name, f.tag, list(f.steps)
-    spec = gr.get("spec") or {}
-    deleting, base, workload = f.deleting, f.base, f.workload
+    for _situation, holds, planner in SITUATIONS:
+        if holds(f):
+            return planner(f)
+    raise AssertionError("the last situation always holds")  # pragma: no cover
 
-    events: list[tuple[str, str, str]] = []
-    conds: list[tuple[str, str, str, str]] = []
-    requeue: float | None = None
 
-    own_gray, gray_conflict, svc_by_name = f.own_gray, f.gray_conflict, f.svc_by_name
-    own_lane_svcs, pinned, stale_grays = list(f.lane_svcs), list(f.pinned), list(f.stale_grays)
-    published, pending_entry = f.published, f.pending_entry
+def _status(f: Facts, conds: list[Cond], events: list[Event], phase: Phase, message: str, *,
+            stable: str | None, canary: str | None = None, step: int | None = None, started: float | None = None,
+            ready: str = "", routes: Mapping[str, str] | None = None, queues: list[str] | None = None) -> Obj:
+    """The status to write last; a phase change is also an event (appended to `events`)."""
+    if phase != f.status.get("phase"):
+        events.append(("Warning" if phase == Phase.FAILED else "Normal", phase.value, message))
+    steps = len(f.steps)
+    return {
+        "phase": phase.value,
+        "message": message,
+        "observedGeneration": d.meta(f.release).get("generation"),
+        "stableRevision": stable,
+        "canaryRevision": canary,
+        "currentStep": step,
+        "stepLabel": f"{min(step + 1, steps)}/{steps}" if step is not None else None,
+        "stepStartedAt": iso(started) if started is not None else None,
+        "ready": ready or None,
+        "routes": dict(routes or {}),
+        "queues": list(queues or []) or None,
+        "conditions": conditions(f.status.get("conditions"), conds, iso(f.now)),
+    }
 
-    if obs.lane is None:
-        conds.append(("LaneFound", "False", "LaneNotFound",
-                      f"no Lane with tag {tag!r} in this namespace; gray pods get default lane labels and "
-                      f"are not published in the lane table"))
+
+def _found(f: Facts) -> tuple[list[Cond], list[Event]]:
+    """The conditions every plan reports (Lane, workload, Celery queues) and the event of a bad annotation."""
+    if f.lane is None:
+        conds = [("LaneFound", "False", "LaneNotFound", f"no Lane with tag {f.tag!r} in this namespace; gray pods get "
+                  f"default lane labels and are not published in the lane table")]
     else:
-        conds.append(("LaneFound", "True", "LaneFound", f"Lane {d.meta(obs.lane)['name']}"))
-
-    def status(phase: Phase, message: str, *, stable: str | None, canary: str | None = None,
-               step: int | None = None, started: float | None = None, ready: str = "",
-               routes: Mapping[str, str] | None = None, queues: list[str] | None = None) -> Obj:
-        if phase != st.get("phase"):
-            etype = "Warning" if phase == Phase.FAILED else "Normal"
-            events.append((etype, phase.value, message))
-        return {
-            "phase": phase.value,
-            "message": message,
-            "observedGeneration": d.meta(gr).get("generation"),
-            "stableRevision": stable,
-            "canaryRevision": canary,
-            "currentStep": step,
-            "stepLabel": f"{min(step + 1, len(steps))}/{len(steps)}" if step is not None else None,
-            "stepStartedAt": iso(started) if started is not None else None,
-            "ready": ready or None,
-            "routes": dict(routes or {}),
-            "queues": list(queues or []) or None,
-            "conditions": conditions(st.get("conditions"), conds, iso(obs.now)),
-        }
-
-    def cleanup(stable: str | None, restore_template: Obj | None, in_progress_phase: Phase) -> Plan:
-        """Drop the member, (restore the base template,) delete gray objects, unpin, unpause."""
-        acts: list[Action] = [Action(Verb.TABLE)]
-        wait = False
-        base_paused_by_us = base is not None and bool((base.get("spec") or {}).get("paused")) and \
-            n.PAUSED_BY_ANN in d.annotations_of(base)
-        if base is not None and restore_template is not None:
-            acts.append(Action(Verb.JSONPATCH, "Deployment", d.meta(base)["name"], [
-                {"op": "replace", "path": "/spec/template", "value": restore_template},
-                {"op": "add", "path": "/spec/paused", "value": False},
-            ]))
-            acts.append(Action(Verb.PATCH, "Deployment", d.meta(base)["name"],
-                               {"metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
-            wait = True
-        elif base_paused_by_us:
-            acts.append(Action(Verb.PATCH, "Deployment", d.meta(base)["name"],
-                               {"spec": {"paused": False}, "metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
-            wait = True
-        for dep in stale_grays:
-            acts.append(Action(Verb.DELETE, "Deployment", d.meta(dep)["name"]))
-        leftovers = own_gray is not None or bool(own_lane_svcs)
-        if leftovers and base is not None and (wait or not rolled_out(base)):
-            # keep the gray pods serving until the base has rolled (promote) / settled (rollback)
-            wait = True
-        elif leftovers and (published or pending_entry):
-            wait = True              # lane Services go only once no route names them
-        else:
-            if own_gray is not None:
-                acts.append(Action(Verb.DELETE, "Deployment", d.meta(own_gray)["name"]))
-            for s in own_lane_svcs:
-                acts.append(Action(Verb.DELETE, "Service", d.meta(s)["name"]))
-            if obs.gray_pods > 0 or own_gray is not None:
-                wait = True          # restore selectors only once no gray pod is left
-            else:
-                for s in pinned:
-                    patch = d.unpin_patch(s)
-                    if patch:
-                        acts.append(Action(Verb.PATCH, "Service", d.meta(s)["name"], patch))
-        if in_progress_phase == Phase.PROMOTING and base is not None and not rolled_out(base):
-            wait = True              # Healthy once the base has rolled to the promoted template
-        if deleting and base is not None and not wait:
-            bl, ba = d.labels_of(base), d.annotations_of(base)
-            if bl.get(n.RELEASE_LABEL) == name or n.STABLE_ANN in ba or n.PAUSED_BY_ANN in ba:
-                acts.append(Action(Verb.PATCH, "Deployment", d.meta(base)["name"], {"metadata": {
-                    "labels": {n.RELEASE_LABEL: None},
-                    "annotations": {n.STABLE_ANN: None, n.PAUSED_BY_ANN: None}}}))
-        ann = d.annotations_of(gr)
-        if not deleting and (n.APPROVE_ANN in ann or n.ROLLBACK_ANN in ann) and not wait:
-            acts.append(Action(Verb.PATCH_RELEASE, "GrayRelease", name,
-                               {"metadata": {"annotations": {n.APPROVE_ANN: None, n.ROLLBACK_ANN: None}}}))
-        busy = wait or any(a.verb not in (Verb.TABLE, Verb.PATCH_RELEASE) for a in acts)
-        if base is None:
-            phase, message = Phase.FAILED, (f"Deployment {workload!r} not found (workloadRef apps/v1 Deployment); "
-                                        f"waiting for it to exist")
-        elif busy:
-            phase = in_progress_phase
-            message = ("promoting: waiting for the base Deployment to roll to the new template"
-                       if in_progress_phase == Phase.PROMOTING else
-                       "removing gray objects and restoring base Services")
-            if pending_entry and leftovers:
-                message += f" ({pending_entry})"
-        else:
-            phase, message = Phase.HEALTHY, f"stable revision {stable}"
-        if deleting:
-            message = "deleting: " + ("cleaning up" if busy else "done")
-        return Plan(acts, {}, status(phase, message, stable=stable), events, done=not busy,
-                    requeue=0.5 if busy else None)
-
-    # ---- workload missing: clean what is ours, say so clearly, wait for it.
-    if base is None:
+        conds = [("LaneFound", "True", "LaneFound", f"Lane {d.meta(f.lane)['name']}")]
+    events: list[Event] = []
+    if f.base is None:
         conds.append(("WorkloadFound", "False", "DeploymentNotFound",
-                      f"Deployment {workload!r} not found in namespace {d.meta(gr).get('namespace')!r}"))
-        return cleanup(st.get("stableRevision"), None, Phase.FAILED)
-    conds.append(("WorkloadFound", "True", "DeploymentFound", f"Deployment {workload}"))
-    queue_names, queue_error = d.celery_queues(base, tag)
-    if queue_error:
-        conds.append((n.CELERY_QUEUES_CONDITION, "False", "InvalidAnnotation", queue_error))
-        prev = {c.get("type"): c for c in st.get("conditions") or []}.get(n.CELERY_QUEUES_CONDITION) or {}
-        if prev.get("status") != "False" or prev.get("message") != queue_error:
-            events.append(("Warning", "InvalidCeleryQueues", queue_error))
-    elif queue_names:
-        conds.append((n.CELERY_QUEUES_CONDITION, "True", "Valid",
-                      f"Celery queues {', '.join(queue_names)}: in the lane table while a gray pod is ready"))
+                      f"Deployment {f.workload!r} not found in namespace {d.meta(f.release).get('namespace')!r}"))
+        return conds, events
+    conds.append(("WorkloadFound", "True", "DeploymentFound", f"Deployment {f.workload}"))
+    if f.queue_error:
+        conds.append((n.CELERY_QUEUES_CONDITION, "False", "InvalidAnnotation", f.queue_error))
+        prev = {c.get("type"): c for c in f.status.get("conditions") or []}.get(n.CELERY_QUEUES_CONDITION) or {}
+        if prev.get("status") != "False" or prev.get("message") != f.queue_error:
+            events.append(("Warning", "InvalidCeleryQueues", f.queue_error))
+    elif f.queue_names:
+        conds.append((n.CELERY_QUEUES_CONDITION, "True", "Valid", f"Celery queues {', '.join(f.queue_names)}: "
+                      f"in the lane table while a gray pod is ready"))
+    return conds, events
 
-    if obs.other_targeting:
-        # Another release owns this Deployment: never touch it, not even while this one is deleted.
-        conds.append(("Ready", "False", "AlreadyTargeted",
-                      f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}"))
-        return Plan([Action(Verb.TABLE)], {}, status(
-            Phase.FAILED, f"Deployment {workload!r} is already targeted by GrayRelease {obs.other_targeting!r}",
-            stable=None), events, done=deleting)
 
-    base_name = d.meta(base)["name"]
-    bspec = base.get("spec") or {}
-    current = d.template_hash(bspec.get("template"))
-    bann, blabels = d.annotations_of(base), d.labels_of(base)
-    stable = bann.get(n.STABLE_ANN)
-    stable_rs = stable_replicaset(obs.replicasets, base, stable) if stable else None
-
-    # ---- deletion: leave the base on its stable template, unpaused, untouched otherwise.
-    if deleting:
-        restore = None
-        if stable and current != stable and stable_rs is not None:
-            restore = d.replicaset_template(stable_rs)
-        return cleanup(stable, restore, Phase.ROLLING_BACK)
-
-    # ---- make the Deployment a target (label for the webhook) and record the stable template.
+def _ensure_target(f: Facts) -> list[Action]:
+    """Make the Deployment a target (its label lets the webhook find the release) and record the stable template."""
     ensure: Obj = {}
-    if blabels.get(n.RELEASE_LABEL) != name:
-        ensure.setdefault("metadata", {})["labels"] = {n.RELEASE_LABEL: name}
-    if not stable:
-        stable = current
-        ensure.setdefault("metadata", {})["annotations"] = {n.STABLE_ANN: current}
-    pre = [Action(Verb.PATCH, "Deployment", base_name, ensure)] if ensure else []
+    if not f.targeted:
+        ensure.setdefault("metadata", {})["labels"] = {n.RELEASE_LABEL: f.name}
+    if not f.recorded_stable:
+        ensure.setdefault("metadata", {})["annotations"] = {n.STABLE_ANN: f.current}
+    return [Action(Verb.PATCH, "Deployment", f.base_name, ensure)] if ensure else []
 
-    if current == stable:
-        phase = Phase.PROMOTING if st.get("phase") == Phase.PROMOTING else Phase.ROLLING_BACK
-        plan = cleanup(stable, None, phase)
-        plan.actions = pre + plan.actions
-        return plan
 
-    # ---- a new template: canary.
-    ann = d.annotations_of(gr)
-    if ann.get(n.ROLLBACK_ANN) == current:
-        if stable_rs is None:
-            conds.append(("Ready", "False", "StableRevisionMissing",
-                          f"no ReplicaSet of {base_name} has the stable template {stable}"))
-            return Plan(pre + [Action(Verb.TABLE)], {}, status(
-                Phase.FAILED, f"cannot roll back: stable ReplicaSet for revision {stable} not found",
-                stable=stable, canary=current), events)
-        plan = cleanup(stable, d.replicaset_template(stable_rs), Phase.ROLLING_BACK)
-        plan.actions = pre + plan.actions
-        plan.status["canaryRevision"] = current
-        return plan
+def _keep_paused(f: Facts, events: list[Event]) -> list[Action]:
+    """A new template on an unpaused base: the webhook was down or bypassed; stop the base rolling now, say so."""
+    if f.base_paused:
+        return []
+    events.append(("Warning", "WebhookBypassed",
+                   f"Deployment {f.base_name} changed its template without being paused; paused it now"))
+    return [Action(Verb.PATCH, "Deployment", f.base_name,
+                   {"spec": {"paused": True}, "metadata": {"annotations": {n.PAUSED_BY_ANN: "controller"}}})]
 
-    if not bspec.get("paused"):
-        # the webhook was down / bypassed: stop the base rolling now, and say so
-        pre.append(Action(Verb.PATCH, "Deployment", base_name,
-                          {"spec": {"paused": True}, "metadata": {"annotations": {n.PAUSED_BY_ANN: "controller"}}}))
-        events.append(("Warning", "WebhookBypassed",
-                       f"Deployment {base_name} changed its template without being paused; paused it now"))
 
-    if stable_rs is None:
-        conds.append(("Ready", "False", "StableRevisionMissing",
-                      f"no ReplicaSet of {base_name} has the stable template {stable}"))
-        return Plan(pre + [Action(Verb.TABLE)], {}, status(
-            Phase.FAILED, f"stable ReplicaSet for revision {stable} not found", stable=stable, canary=current),
-            events, requeue=1.0)
-    stable_pth = d.labels_of(stable_rs).get(n.POD_TEMPLATE_HASH) or \
-        ((stable_rs.get("spec") or {}).get("selector") or {}).get("matchLabels", {}).get(n.POD_TEMPLATE_HASH)
-    stable_labels = (d.replicaset_template(stable_rs).get("metadata") or {}).get("labels") or {}
-    services = d.workload_services(obs.services, stable_labels)
-    if not (stable_rs.get("status") or {}).get("availableReplicas") and not \
-            (stable_rs.get("spec") or {}).get("replicas"):
-        # the stable pods are gone (e.g. the webhook was bypassed and the rollout finished at once):
-        # pinning would leave the base Service without endpoints, so do not pin; say so
-        stable_pth = None
+def _stable_missing(f: Facts) -> Cond:
+    return ("Ready", "False", "StableRevisionMissing",
+            f"no ReplicaSet of {f.base_name} has the stable template {f.stable}")
+
+
+# ---- the planners, one per situation
+
+def plan_missing_workload(f: Facts) -> Plan:
+    """Clean what is ours, say so clearly, wait for the workload to exist."""
+    conds, events = _found(f)
+    return _cleanup(f, conds, events, Phase.FAILED, f.status.get("stableRevision"))
+
+
+def plan_taken(f: Facts) -> Plan:
+    """Another release targets this Deployment: never touch it, not even while this one is deleted."""
+    conds, events = _found(f)
+    why = f"Deployment {f.workload!r} is already targeted by GrayRelease {f.other_targeting!r}"
+    conds.append(("Ready", "False", "AlreadyTargeted", why))
+    return Plan([Action(Verb.TABLE)], {}, _status(f, conds, events, Phase.FAILED, why, stable=None), events,
+                done=f.deleting)
+
+
+def plan_deleting(f: Facts) -> Plan:
+    """Leave the base on its stable template, unpaused, untouched otherwise; then the finalizer can go."""
+    conds, events = _found(f)
+    return _cleanup(f, conds, events, Phase.ROLLING_BACK, f.recorded_stable)
+
+
+def plan_healthy(f: Facts) -> Plan:
+    """The base runs its stable template: idle, or the end of a promote (Promoting until it has rolled out) or
+    of a rollback (gray objects go, base Services are unpinned)."""
+    conds, events = _found(f)
+    phase = Phase.PROMOTING if f.status.get("phase") == Phase.PROMOTING else Phase.ROLLING_BACK
+    return _cleanup(f, conds, events, phase, f.stable, pre=_ensure_target(f))
+
+
+def plan_rollback(f: Facts) -> Plan:
+    """The rollback annotation names the current template: the base goes back to the stable template."""
+    conds, events = _found(f)
+    if f.stable_rs is None:
+        conds.append(_stable_missing(f))
+        return Plan(_ensure_target(f) + [Action(Verb.TABLE)], {}, _status(
+            f, conds, events, Phase.FAILED, f"cannot roll back: stable ReplicaSet for revision {f.stable} not found",
+            stable=f.stable, canary=f.current), events)
+    return _cleanup(f, conds, events, Phase.ROLLING_BACK, f.stable, pre=_ensure_target(f), canary=f.current)
+
+
+def plan_stable_missing(f: Facts) -> Plan:
+    """No ReplicaSet has the stable template: nothing to pin to; keep the base paused and wait."""
+    conds, events = _found(f)
+    pre = _ensure_target(f) + _keep_paused(f, events)
+    conds.append(_stable_missing(f))
+    return Plan(pre + [Action(Verb.TABLE)], {}, _status(
+        f, conds, events, Phase.FAILED, f"stable ReplicaSet for revision {f.stable} not found", stable=f.stable,
+        canary=f.current), events, requeue=1.0)
+
+
+def _canary_start(f: Facts) -> tuple[list[Action], list[Cond], list[Event]]:
+    """What promoting and the canary both begin with: target, keep the base paused, report the approval."""
+    conds, events = _found(f)
+    pre = _ensure_target(f) + _keep_paused(f, events)
+    if f.stable_pods_gone:
         conds.append(("BasePinned", "False", "StablePodsMissing",
-                      f"no stable pods of {base_name} are left; base Services were not pinned"))
+                      f"no stable pods of {f.base_name} are left; base Services were not pinned"))
+    if f.approved_step is not None:
+        events.append(("Normal", "Approved", f"step {f.approved_step}/{len(f.steps)} approved"))
+    return pre, conds, events
 
-    # ---- steps
-    same = st.get("canaryRevision") == current
-    recorded = st.get("currentStep")
-    step = recorded if same and isinstance(recorded, int) else 0
-    started = parse_iso(st.get("stepStartedAt")) if same else None
-    promoting = same and st.get("phase") == Phase.PROMOTING
-    if not promoting and step < len(steps) and ann.get(n.APPROVE_ANN) == f"{current}/{step}":
-        step, started = step + 1, obs.now
-        events.append(("Normal", "Approved", f"step {step}/{len(steps)} approved"))
-    while not promoting and step < len(steps) and started is not None:
-        duration = ((steps[step] or {}).get("pause") or {}).get("duration")
-        if duration is None:
-            break
-        if obs.now - started >= duration:
-            step, started = step + 1, started + duration
-        else:
-            requeue = started + duration - obs.now
-            break
 
-    if promoting or step >= len(steps):
-        acts, message = _promote(pre, base_name, current, published, pending_entry, own_gray,
-                                 stale_grays, own_lane_svcs, pinned, obs.gray_pods)
-        return Plan(acts, {}, status(Phase.PROMOTING, "promoting: " + message,
-                                     stable=stable, canary=current, step=len(steps) - 1), events, requeue=0.5)
+def plan_promoting(f: Facts) -> Plan:
+    """Every step is over (approved, or the last timed pause ran out): one step of PROMOTE_STEPS per pass."""
+    pre, conds, events = _canary_start(f)
+    acts, message = _promote(pre, f.base_name, f.current, f.published, f.pending_entry, f.own_gray,
+                             list(f.stale_grays), list(f.lane_svcs), list(f.pinned), f.gray_pods)
+    return Plan(acts, {}, _status(f, conds, events, Phase.PROMOTING, "promoting: " + message, stable=f.stable,
+                                  canary=f.current, step=len(f.steps) - 1), events, requeue=0.5)
 
-    # ---- pin base Services to the stable pods, then the gray Deployment and the lane Services.
-    acts = list(pre)
-    others = [dep for dep in obs.deployments
-              if d.meta(dep).get("name") not in (base_name, d.lane_name(base_name, tag))
-              and not d.labels_of(dep).get(n.OWNER_LABEL)]
-    for s in services:
+
+def plan_canary(f: Facts) -> Plan:
+    """Pin the base Services to the stable pods, then the gray Deployment and the lane Services; the member is
+    published in the lane table once the gray Deployment is available (the table write comes last)."""
+    acts, conds, events = _canary_start(f)
+    replicas = int((f.steps[f.step] or {}).get("replicas") or (f.release.get("spec") or {}).get("replicas") or 1)
+    want = d.gray_deployment(f.base or {}, f.release, f.lane, f.tag, replicas)
+    _pin_base_services(f, acts, conds)          # the pins come first, before any gray pod exists
+    gray_current = _sync_gray(f, want, acts, conds)
+    acts += [Action(Verb.DELETE, "Deployment", d.meta(dep)["name"]) for dep in f.stale_grays]
+    lane_targets = _sync_lane_services(f, acts, conds)
+    avail_n = int(((f.own_gray or {}).get("status") or {}).get("availableReplicas") or 0)
+    fully = f.own_gray is not None and gray_current and available(f.own_gray, replicas)
+    kept = f.own_gray is not None and f.same and f.published and avail_n >= 1
+    routes = lane_targets if lane_targets and (fully or kept) else {}
+    queues = list(f.queue_names or []) if (fully or kept) else []
+    acts.append(Action(Verb.TABLE))
+    _canary_conditions(f, conds, want, fully, f"{avail_n}/{replicas}")
+    phase, message, started, requeue = _canary_phase(f, want, fully or kept, f"{avail_n}/{replicas}")
+    return Plan(acts, routes, _status(f, conds, events, phase, message, stable=f.stable, canary=f.current,
+                                      step=f.step, started=started, ready=f"{avail_n}/{replicas}", routes=routes,
+                                      queues=queues), events, requeue=requeue, queues=queues)
+
+
+#: (situation, holds?, planner), in order: the first that holds plans the pass (cf. openkruise/rollouts'
+#: runCanary switching on the step state). Later rows may assume earlier ones did not hold.
+SITUATIONS: tuple[tuple[str, Callable[[Facts], bool], Callable[[Facts], Plan]], ...] = (
+    ("missing workload", lambda f: f.base is None, plan_missing_workload),
+    ("workload targeted by another release", lambda f: bool(f.other_targeting), plan_taken),
+    ("deleting", lambda f: f.deleting, plan_deleting),
+    ("healthy: the base runs its stable template", lambda f: f.current == f.stable, plan_healthy),
+    ("rollback requested", lambda f: f.rollback, plan_rollback),
+    ("stable ReplicaSet missing", lambda f: f.stable_rs is None, plan_stable_missing),
+    ("promoting", lambda f: f.promoting or f.step >= len(f.steps), plan_promoting),
+    ("canary: progressing or paused at a step", lambda f: True, plan_canary),
+)
+
+
+# ---- the canary's parts
+
+def _pin_base_services(f: Facts, acts: list[Action], conds: list[Cond]) -> None:
+    """Pin every base Service to the stable pods (unless shared with another workload); unpin the ones that no
+    longer select the workload."""
+    for s in f.services:
         sel = d.original_selector(s)
-        shared = [d.meta(dep)["name"] for dep in others if d.selects(
+        shared = [d.meta(dep)["name"] for dep in f.others if d.selects(
             sel, ((((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}))]
         if shared:
             # pinning by pod-template-hash would cut the other workloads off this Service: do not pin
@@ -608,92 +572,154 @@ def plan_release(obs: Observed) -> Plan:  # noqa: C901  (one readable state mach
                           f"Service {d.meta(s)['name']} also selects {', '.join(shared)}; not pinned, so base "
                           f"traffic through it may reach gray pods"))
             continue
-        patch = d.pin_patch(s, stable_pth, name) if stable_pth else None
+        patch = d.pin_patch(s, f.stable_pth, f.name) if f.stable_pth else None
         if patch:
             acts.append(Action(Verb.PATCH, "Service", d.meta(s)["name"], patch))
-    for s in pinned:
-        if all(d.meta(s)["name"] != d.meta(x)["name"] for x in services):
+    for s in f.pinned:
+        if all(d.meta(s)["name"] != d.meta(x)["name"] for x in f.services):
             patch = d.unpin_patch(s)
             if patch:
                 acts.append(Action(Verb.PATCH, "Service", d.meta(s)["name"], patch))
 
-    replicas = int((steps[step] or {}).get("replicas") or spec.get("replicas") or 1)
-    want = d.gray_deployment(base, gr, obs.lane, tag, replicas)
-    gray_current = False
-    if gray_conflict:
+
+def _sync_gray(f: Facts, want: Obj, acts: list[Action], conds: list[Cond]) -> bool:
+    """Create / update / re-create the gray Deployment (never someone else's); True when it is as wanted."""
+    name = want["metadata"]["name"]
+    if f.gray_conflict:
         conds.append(("CanaryAvailable", "False", "NameConflict",
-                      f"Deployment {want['metadata']['name']} exists and is not owned by this GrayRelease"))
-    elif own_gray is None:
-        acts.append(Action(Verb.CREATE, "Deployment", want["metadata"]["name"], want))
-    elif d.annotations_of(own_gray).get(n.SPEC_HASH_ANN) != want["metadata"]["annotations"][n.SPEC_HASH_ANN]:
-        if ((own_gray.get("spec") or {}).get("selector") or {}) != want["spec"]["selector"]:
-            acts.append(Action(Verb.DELETE, "Deployment", want["metadata"]["name"]))
+                      f"Deployment {name} exists and is not owned by this GrayRelease"))
+    elif f.own_gray is None:
+        acts.append(Action(Verb.CREATE, "Deployment", name, want))
+    elif d.annotations_of(f.own_gray).get(n.SPEC_HASH_ANN) != want["metadata"]["annotations"][n.SPEC_HASH_ANN]:
+        if ((f.own_gray.get("spec") or {}).get("selector") or {}) != want["spec"]["selector"]:
+            acts.append(Action(Verb.DELETE, "Deployment", name))
         else:
-            acts.append(Action(Verb.UPDATE, "Deployment", want["metadata"]["name"], want))
+            acts.append(Action(Verb.UPDATE, "Deployment", name, want))
     else:
-        gray_current = True
+        return True
+    return False
 
-    for dep in stale_grays:
-        acts.append(Action(Verb.DELETE, "Deployment", d.meta(dep)["name"]))
 
-    lane_targets: dict[str, str] = {}
-    wanted_svc_names = set()
-    for s in services:
-        ls = d.lane_service(s, gr, tag)
-        lname = ls["metadata"]["name"]
-        wanted_svc_names.add(lname)
-        obs_ls = svc_by_name.get(lname)
-        if obs_ls is None:
-            acts.append(Action(Verb.CREATE, "Service", lname, ls))
-        elif not d.owned_by(obs_ls, gr):
+def _sync_lane_services(f: Facts, acts: list[Action], conds: list[Cond]) -> dict[str, str]:
+    """A lane Service `<svc>-<tag>` per base Service; returns base Service -> lane Service (the routes)."""
+    targets: dict[str, str] = {}
+    wanted = set()
+    for s in f.services:
+        want = d.lane_service(s, f.release, f.tag)
+        lname = want["metadata"]["name"]
+        wanted.add(lname)
+        seen = f.svc_by_name.get(lname)
+        if seen is None:
+            acts.append(Action(Verb.CREATE, "Service", lname, want))
+        elif not d.owned_by(seen, f.release):
             conds.append(("LaneServices", "False", "NameConflict",
                           f"Service {lname} exists and is not owned by this GrayRelease"))
             continue
-        elif d.service_differs(obs_ls, ls):
-            acts.append(Action(Verb.UPDATE, "Service", lname, ls))
-        lane_targets[d.meta(s)["name"]] = lname
-    for s in own_lane_svcs:
-        if d.meta(s)["name"] not in wanted_svc_names:
-            acts.append(Action(Verb.DELETE, "Service", d.meta(s)["name"]))
+        elif d.service_differs(seen, want):
+            acts.append(Action(Verb.UPDATE, "Service", lname, want))
+        targets[d.meta(s)["name"]] = lname
+    acts += [Action(Verb.DELETE, "Service", d.meta(s)["name"]) for s in f.lane_svcs
+             if d.meta(s)["name"] not in wanted]
+    return targets
 
-    gst = (own_gray or {}).get("status") or {}
-    avail_n = int(gst.get("availableReplicas") or 0)
-    fully = own_gray is not None and gray_current and available(own_gray, replicas)
-    kept = own_gray is not None and same and published and avail_n >= 1
-    routed = bool(lane_targets) and (fully or kept)
-    routes = lane_targets if routed else {}
-    queues = list(queue_names or []) if (fully or kept) else []
-    acts.append(Action(Verb.TABLE))
-    if own_gray is not None:
+
+def _canary_conditions(f: Facts, conds: list[Cond], want: Obj, fully: bool, ready: str) -> None:
+    if f.own_gray is not None:
         conds.append(("CanaryAvailable", "True" if fully else "False",
-                      "Available" if fully else "Progressing", f"{avail_n}/{replicas} gray replicas available"))
-    elif not gray_conflict:
+                      "Available" if fully else "Progressing", f"{ready} gray replicas available"))
+    elif not f.gray_conflict:
         conds.append(("CanaryAvailable", "False", "Creating", f"creating Deployment {want['metadata']['name']}"))
-    if not services:
+    if not f.services:
         conds.append(("LaneServices", "False", "NoService",
-                      f"no Service selects the pods of {base_name}; no routes to publish in the lane table"))
+                      f"no Service selects the pods of {f.base_name}; no routes to publish in the lane table"))
 
-    ready = f"{avail_n}/{replicas}"
-    if (fully or kept) and started is None:
-        started = obs.now
-    if gray_conflict:
-        phase, message = Phase.FAILED, f"Deployment {want['metadata']['name']} exists and is not ours"
-    elif not (fully or kept):
-        phase, message = Phase.PROGRESSING, f"waiting for gray Deployment {want['metadata']['name']} ({ready} available)"
-        started = None
+
+def _canary_phase(f: Facts, want: Obj, serving: bool, ready: str) -> tuple[Phase, str, float | None, float | None]:
+    """Phase, message, step start and requeue of a canary: Paused at a step once gray pods serve the lane (a timed
+    pause counts from then), Progressing before."""
+    started, requeue, name = f.started, f.pause_requeue, want["metadata"]["name"]
+    if serving and started is None:
+        started = f.now
+    if f.gray_conflict:
+        return Phase.FAILED, f"Deployment {name} exists and is not ours", started, requeue
+    if not serving:
+        return Phase.PROGRESSING, f"waiting for gray Deployment {name} ({ready} available)", None, requeue
+    duration = _pause_duration(f.steps[f.step])
+    if duration is None:
+        return (Phase.PAUSED, f"step {f.step + 1}/{len(f.steps)}: waiting for approval "
+                f"(kubectl-graybaggage approve {f.name})", started, requeue)
+    left = max(0, int(round((started or f.now) + duration - f.now)))
+    return (Phase.PAUSED, f"step {f.step + 1}/{len(f.steps)}: pausing {duration}s ({left}s left)", started,
+            max(0.5, float(left)))
+
+
+# ---- clean-up
+
+def _cleanup(f: Facts, conds: list[Cond], events: list[Event], in_progress: Phase, stable: str | None, *,
+             pre: list[Action] | None = None, canary: str | None = None) -> Plan:
+    """Drop the member, (restore the base template,) delete gray objects, unpin, unpause."""
+    acts: list[Action] = [Action(Verb.TABLE)]
+    wait = False
+    base = f.base
+    if base is not None and f.restore is not None:
+        acts.append(Action(Verb.JSONPATCH, "Deployment", f.base_name, [
+            {"op": "replace", "path": "/spec/template", "value": f.restore},
+            {"op": "add", "path": "/spec/paused", "value": False},
+        ]))
+        acts.append(Action(Verb.PATCH, "Deployment", f.base_name,
+                           {"metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
+        wait = True
+    elif f.base_paused_by_us:
+        acts.append(Action(Verb.PATCH, "Deployment", f.base_name,
+                           {"spec": {"paused": False}, "metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
+        wait = True
+    for dep in f.stale_grays:
+        acts.append(Action(Verb.DELETE, "Deployment", d.meta(dep)["name"]))
+    if f.leftovers and base is not None and (wait or not f.base_rolled_out):
+        wait = True
+    elif f.leftovers and (f.published or f.pending_entry):
+        wait = True
     else:
-        duration = ((steps[step] or {}).get("pause") or {}).get("duration")
-        phase = Phase.PAUSED
-        if duration is None:
-            message = (f"step {step + 1}/{len(steps)}: waiting for approval "
-                       f"(kubectl-graybaggage approve {name})")
+        if f.own_gray is not None:
+            acts.append(Action(Verb.DELETE, "Deployment", d.meta(f.own_gray)["name"]))
+        for s in f.lane_svcs:
+            acts.append(Action(Verb.DELETE, "Service", d.meta(s)["name"]))
+        if f.gray_pods > 0 or f.own_gray is not None:
+            wait = True
         else:
-            left = max(0, int(round((started or obs.now) + duration - obs.now)))
-            message = f"step {step + 1}/{len(steps)}: pausing {duration}s ({left}s left)"
-            requeue = max(0.5, float(left))
-    return Plan(acts, routes, status(phase, message, stable=stable, canary=current, step=step, started=started,
-                                     ready=ready, routes=routes, queues=queues), events, requeue=requeue,
-                queues=queues)
+            for s in f.pinned:
+                patch = d.unpin_patch(s)
+                if patch:
+                    acts.append(Action(Verb.PATCH, "Service", d.meta(s)["name"], patch))
+    if in_progress == Phase.PROMOTING and base is not None and not f.base_rolled_out:
+        wait = True
+    if f.deleting and base is not None and not wait and f.base_marked:
+        acts.append(Action(Verb.PATCH, "Deployment", f.base_name, {"metadata": {
+            "labels": {n.RELEASE_LABEL: None}, "annotations": {n.STABLE_ANN: None, n.PAUSED_BY_ANN: None}}}))
+    if not f.deleting and (n.APPROVE_ANN in f.ann or n.ROLLBACK_ANN in f.ann) and not wait:
+        acts.append(Action(Verb.PATCH_RELEASE, "GrayRelease", f.name,
+                           {"metadata": {"annotations": {n.APPROVE_ANN: None, n.ROLLBACK_ANN: None}}}))
+    busy = wait or any(a.verb not in (Verb.TABLE, Verb.PATCH_RELEASE) for a in acts)
+    phase, message = _cleanup_phase(f, in_progress, busy, stable)
+    return Plan((pre or []) + acts, {}, _status(f, conds, events, phase, message, stable=stable, canary=canary),
+                events, done=not busy, requeue=0.5 if busy else None)
+
+
+def _cleanup_phase(f: Facts, in_progress: Phase, busy: bool, stable: str | None) -> tuple[Phase, str]:
+    if f.base is None:
+        phase, message = Phase.FAILED, (f"Deployment {f.workload!r} not found (workloadRef apps/v1 Deployment); "
+                                        f"waiting for it to exist")
+    elif busy:
+        phase = in_progress
+        message = ("promoting: waiting for the base Deployment to roll to the new template"
+                   if in_progress == Phase.PROMOTING else "removing gray objects and restoring base Services")
+        if f.pending_entry and f.leftovers:
+            message += f" ({f.pending_entry})"
+    else:
+        phase, message = Phase.HEALTHY, f"stable revision {stable}"
+    if f.deleting:
+        message = "deleting: " + ("cleaning up" if busy else "done")
+    return phase, message
 
 
 def _promote(pre: list[Action], base_name: str, current: str, published: bool, pending_entry: str | None,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from . import desired as d
 from . import names as n
@@ -452,7 +452,7 @@ def _stable_missing(f: Facts) -> Cond:
 def plan_missing_workload(f: Facts) -> Plan:
     """Clean what is ours, say so clearly, wait for the workload to exist."""
     conds, events = _found(f)
-    return _cleanup(f, conds, events, Phase.FAILED, f.status.get("stableRevision"))
+    return _cleanup(f, ROLLBACK_STEPS, conds, events, Phase.FAILED, f.status.get("stableRevision"))
 
 
 def plan_taken(f: Facts) -> Plan:
@@ -467,7 +467,7 @@ def plan_taken(f: Facts) -> Plan:
 def plan_deleting(f: Facts) -> Plan:
     """Leave the base on its stable template, unpaused, untouched otherwise; then the finalizer can go."""
     conds, events = _found(f)
-    return _cleanup(f, conds, events, Phase.ROLLING_BACK, f.recorded_stable)
+    return _cleanup(f, DELETE_STEPS, conds, events, Phase.ROLLING_BACK, f.recorded_stable)
 
 
 def plan_healthy(f: Facts) -> Plan:
@@ -475,7 +475,7 @@ def plan_healthy(f: Facts) -> Plan:
     of a rollback (gray objects go, base Services are unpinned)."""
     conds, events = _found(f)
     phase = Phase.PROMOTING if f.status.get("phase") == Phase.PROMOTING else Phase.ROLLING_BACK
-    return _cleanup(f, conds, events, phase, f.stable, pre=_ensure_target(f))
+    return _cleanup(f, SETTLE_STEPS, conds, events, phase, f.stable, pre=_ensure_target(f))
 
 
 def plan_rollback(f: Facts) -> Plan:
@@ -486,7 +486,8 @@ def plan_rollback(f: Facts) -> Plan:
         return Plan(_ensure_target(f) + [Action(Verb.TABLE)], {}, _status(
             f, conds, events, Phase.FAILED, f"cannot roll back: stable ReplicaSet for revision {f.stable} not found",
             stable=f.stable, canary=f.current), events)
-    return _cleanup(f, conds, events, Phase.ROLLING_BACK, f.stable, pre=_ensure_target(f), canary=f.current)
+    return _cleanup(f, ROLLBACK_STEPS, conds, events, Phase.ROLLING_BACK, f.stable, pre=_ensure_target(f),
+                    canary=f.current)
 
 
 def plan_stable_missing(f: Facts) -> Plan:
@@ -514,9 +515,9 @@ def _canary_start(f: Facts) -> tuple[list[Action], list[Cond], list[Event]]:
 def plan_promoting(f: Facts) -> Plan:
     """Every step is over (approved, or the last timed pause ran out): one step of PROMOTE_STEPS per pass."""
     pre, conds, events = _canary_start(f)
-    acts, message = _promote(pre, f.base_name, f.current, f.published, f.pending_entry, f.own_gray,
-                             list(f.stale_grays), list(f.lane_svcs), list(f.pinned), f.gray_pods)
-    return Plan(acts, {}, _status(f, conds, events, Phase.PROMOTING, "promoting: " + message, stable=f.stable,
+    acts, waiting = run_steps(PROMOTE_STEPS, f)
+    message = waiting or "promoted"             # (f) is never done: the healthy planner takes over
+    return Plan(pre + acts, {}, _status(f, conds, events, Phase.PROMOTING, "promoting: " + message, stable=f.stable,
                                   canary=f.current, step=len(f.steps) - 1), events, requeue=0.5)
 
 
@@ -653,53 +654,180 @@ def _canary_phase(f: Facts, want: Obj, serving: bool, ready: str) -> tuple[Phase
             max(0.5, float(left)))
 
 
-# ---- clean-up
+# ---- clean-ups: ordered lists of named steps
 
-def _cleanup(f: Facts, conds: list[Cond], events: list[Event], in_progress: Phase, stable: str | None, *,
-             pre: list[Action] | None = None, canary: str | None = None) -> Plan:
-    """Drop the member, (restore the base template,) delete gray objects, unpin, unpause."""
-    acts: list[Action] = [Action(Verb.TABLE)]
-    wait = False
-    base = f.base
-    if base is not None and f.restore is not None:
-        acts.append(Action(Verb.JSONPATCH, "Deployment", f.base_name, [
-            {"op": "replace", "path": "/spec/template", "value": f.restore},
-            {"op": "add", "path": "/spec/paused", "value": False},
-        ]))
-        acts.append(Action(Verb.PATCH, "Deployment", f.base_name,
-                           {"metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
-        wait = True
-    elif f.base_paused_by_us:
-        acts.append(Action(Verb.PATCH, "Deployment", f.base_name,
-                           {"spec": {"paused": False}, "metadata": {"annotations": {n.PAUSED_BY_ANN: None}}}))
-        wait = True
-    for dep in f.stale_grays:
-        acts.append(Action(Verb.DELETE, "Deployment", d.meta(dep)["name"]))
-    if f.leftovers and base is not None and (wait or not f.base_rolled_out):
-        wait = True
-    elif f.leftovers and (f.published or f.pending_entry):
-        wait = True
-    else:
-        if f.own_gray is not None:
-            acts.append(Action(Verb.DELETE, "Deployment", d.meta(f.own_gray)["name"]))
-        for s in f.lane_svcs:
-            acts.append(Action(Verb.DELETE, "Service", d.meta(s)["name"]))
-        if f.gray_pods > 0 or f.own_gray is not None:
-            wait = True
-        else:
-            for s in f.pinned:
-                patch = d.unpin_patch(s)
-                if patch:
-                    acts.append(Action(Verb.PATCH, "Service", d.meta(s)["name"], patch))
-    if in_progress == Phase.PROMOTING and base is not None and not f.base_rolled_out:
-        wait = True
-    if f.deleting and base is not None and not wait and f.base_marked:
-        acts.append(Action(Verb.PATCH, "Deployment", f.base_name, {"metadata": {
-            "labels": {n.RELEASE_LABEL: None}, "annotations": {n.STABLE_ANN: None, n.PAUSED_BY_ANN: None}}}))
-    if not f.deleting and (n.APPROVE_ANN in f.ann or n.ROLLBACK_ANN in f.ann) and not wait:
-        acts.append(Action(Verb.PATCH_RELEASE, "GrayRelease", f.name,
-                           {"metadata": {"annotations": {n.APPROVE_ANN: None, n.ROLLBACK_ANN: None}}}))
-    busy = wait or any(a.verb not in (Verb.TABLE, Verb.PATCH_RELEASE) for a in acts)
+StepResult = tuple[list[Action], str | None]   # the step's actions, and None when it is done, else why not
+Step = tuple[str, Callable[[Facts], StepResult]]
+
+
+def run_steps(steps: Sequence[Step], f: Facts) -> StepResult:
+    """Run a clean-up: each step's actions in order, up to and including the first step not done; returns the
+    actions and why that step is not done (None when every step is). A later pass re-derives the facts and
+    runs the list again, so each step's actions are observed before a later step acts."""
+    acts: list[Action] = []
+    for _name, step in steps:
+        more, waiting = step(f)
+        acts += more
+        if waiting is not None:
+            return acts, waiting
+    return acts, None
+
+
+def go_on(step: Callable[[Facts], StepResult]) -> Callable[[Facts], StepResult]:
+    """The step's actions, without waiting for them to be observed: the list goes on in the same pass."""
+    return lambda f: (step(f)[0], None)
+
+
+def _table_write(f: Facts) -> StepResult:
+    """The lane-table write of this pass, first: this plan publishes no route and no queue of the lane."""
+    return [Action(Verb.TABLE)], None
+
+
+def _table_dropped(f: Facts) -> StepResult:
+    """(a) as `_table_write`, and done only once a pass has seen the member dropped (status.routes / queues)."""
+    return [Action(Verb.TABLE)], "lane routes and queues dropped from the lane table" if f.published else None
+
+
+def _entry_clear(f: Facts) -> StepResult:
+    """(b) no entry route names a lane Service, and the gateway acknowledged the route's generation."""
+    return [], f.pending_entry
+
+
+def _routes_clear(f: Facts) -> StepResult:
+    """(a)+(b) while gray objects are left: neither the lane table nor an entry route may still name them."""
+    if f.leftovers and (f.published or f.pending_entry):
+        return [], f.pending_entry or "lane routes and queues dropped from the lane table"
+    return [], None
+
+
+def _delete_all_grays(f: Facts) -> StepResult:
+    """(c) delete the gray Deployments (ours under any name) and the lane Services; done once none is left."""
+    grays = ([f.own_gray] if f.own_gray is not None else []) + list(f.stale_grays)
+    acts = [Action(Verb.DELETE, "Deployment", d.meta(g)["name"]) for g in grays]
+    acts += [Action(Verb.DELETE, "Service", d.meta(s)["name"]) for s in f.lane_svcs]
+    return acts, "deleting the gray Deployment and lane Services" if acts else None
+
+
+def _delete_stale_grays(f: Facts) -> StepResult:
+    """Gray Deployments of ours under another name (the lane or the workload changed) go at once."""
+    return [Action(Verb.DELETE, "Deployment", d.meta(dep)["name"]) for dep in f.stale_grays], None
+
+
+def _delete_gray(f: Facts) -> StepResult:
+    """(c) delete the gray Deployment and the lane Services; done once the Deployment is gone."""
+    acts = [Action(Verb.DELETE, "Deployment", d.meta(f.own_gray)["name"])] if f.own_gray is not None else []
+    acts += [Action(Verb.DELETE, "Service", d.meta(s)["name"]) for s in f.lane_svcs]
+    return acts, "deleting the gray Deployment" if f.own_gray is not None else None
+
+
+def _gray_pods_gone(f: Facts) -> StepResult:
+    """(d) no gray pod is left (terminating ones count): until then the base Services stay pinned."""
+    if f.gray_pods > 0:
+        return [], f"waiting for {f.gray_pods} gray pod(s) to terminate (base Services stay pinned)"
+    return [], None
+
+
+def _unpin(f: Facts) -> StepResult:
+    """(e) restore the base Services' own selectors."""
+    acts = [Action(Verb.PATCH, "Service", d.meta(s)["name"], patch)
+            for s in f.pinned if (patch := d.unpin_patch(s))]
+    return acts, "no gray pod left: restoring the base Services' selectors" if acts else None
+
+
+def _promote_base(f: Facts) -> StepResult:
+    """(f) record the new stable template and unpause the base; the healthy planner then waits for its roll-out."""
+    return [Action(Verb.PATCH, "Deployment", f.base_name, {
+        "metadata": {"annotations": {n.STABLE_ANN: f.current, n.PAUSED_BY_ANN: None}},
+        "spec": {"paused": False}})], "rolling the base Deployment to the new template"
+
+
+def _put_base_back(f: Facts) -> StepResult:
+    """The base back on its stable template (rollback, deletion), or just unpaused; `_base_is_back` waits for it
+    at the end, `_base_settled` before any gray object goes."""
+    if f.base is not None and f.restore is not None:
+        return [Action(Verb.JSONPATCH, "Deployment", f.base_name, [
+                    {"op": "replace", "path": "/spec/template", "value": f.restore},
+                    {"op": "add", "path": "/spec/paused", "value": False}]),
+                Action(Verb.PATCH, "Deployment", f.base_name, {"metadata": {"annotations": {n.PAUSED_BY_ANN: None}}})
+                ], None
+    if f.base_paused_by_us:
+        return [Action(Verb.PATCH, "Deployment", f.base_name,
+                       {"spec": {"paused": False}, "metadata": {"annotations": {n.PAUSED_BY_ANN: None}}})], None
+    return [], None
+
+
+def _base_settled(f: Facts) -> StepResult:
+    """While gray objects are left, they keep serving the lane until the base is back and rolled out."""
+    if f.leftovers and f.base is not None and (f.base_to_put_back or not f.base_rolled_out):
+        return [], "the base is settling"
+    return [], None
+
+
+def _base_is_back(f: Facts) -> StepResult:
+    return [], "the base is going back to its stable template" if f.base_to_put_back else None
+
+
+def _promoted_base_rolled(f: Facts) -> StepResult:
+    """After (f): Promoting until the base has rolled to the promoted template."""
+    promoted = f.status.get("phase") == Phase.PROMOTING
+    return [], "the base is rolling" if promoted and f.base is not None and not f.base_rolled_out else None
+
+
+def _untarget(f: Facts) -> StepResult:
+    """Deletion, last: the base carries nothing of ours (target label, stable and paused-by annotations)."""
+    if f.deleting and f.base is not None and f.base_marked:
+        return [Action(Verb.PATCH, "Deployment", f.base_name, {"metadata": {
+            "labels": {n.RELEASE_LABEL: None}, "annotations": {n.STABLE_ANN: None, n.PAUSED_BY_ANN: None}}})], None
+    return [], None
+
+
+def _clear_requests(f: Facts) -> StepResult:
+    """Last: the approve / rollback annotations are consumed."""
+    if not f.deleting and (n.APPROVE_ANN in f.ann or n.ROLLBACK_ANN in f.ann):
+        return [Action(Verb.PATCH_RELEASE, "GrayRelease", f.name,
+                       {"metadata": {"annotations": {n.APPROVE_ANN: None, n.ROLLBACK_ANN: None}}})], None
+    return [], None
+
+
+#: Promote, one step per pass (issue 13: the real data plane found base traffic at gray pods when the unpin
+#: came first): the base stays paused and pinned to the stable pods until no gray pod is left.
+PROMOTE_STEPS: tuple[Step, ...] = (
+    ("(a) drop the lane's routes and queues from the lane table", _table_dropped),
+    ("(b) no entry route names a lane Service; the gateway acknowledged it", _entry_clear),
+    ("(c) delete the gray Deployments and the lane Services", _delete_all_grays),
+    ("(d) no gray pod left", _gray_pods_gone),
+    ("(e) unpin the base Services", _unpin),
+    ("(f) record the new stable template, unpause the base", _promote_base),
+)
+
+#: Rollback and deletion: the member leaves the table and the base goes back at once; the gray objects go only
+#: once the base has settled and no route names them; the base Services are unpinned once no gray pod is left.
+_RESTORE: tuple[Step, ...] = (
+    ("(a) drop the lane's routes and queues from the lane table", _table_write),
+    ("put the base back on its stable template, unpaused", _put_base_back),
+    ("delete gray Deployments left under another name", _delete_stale_grays),
+    ("the base has settled (the gray pods serve until then)", _base_settled),
+    ("(a)+(b) no route names a lane Service", _routes_clear),
+    ("(c) delete the gray Deployment and the lane Services", _delete_gray),
+    ("(d) no gray pod left", _gray_pods_gone),
+    ("(e) unpin the base Services", go_on(_unpin)),
+    ("the base is back on its stable template", _base_is_back),
+)
+ROLLBACK_STEPS: tuple[Step, ...] = _RESTORE + (("clear the approve / rollback annotations", _clear_requests),)
+DELETE_STEPS: tuple[Step, ...] = _RESTORE + (("untarget the base", _untarget),)
+#: the base runs its stable template: idle, or the end of a promote (after (f)) or of a rollback
+SETTLE_STEPS: tuple[Step, ...] = _RESTORE + (
+    ("after a promote, the base has rolled to the new template", _promoted_base_rolled),
+    ("clear the approve / rollback annotations", _clear_requests),
+)
+
+
+def _cleanup(f: Facts, steps: Sequence[Step], conds: list[Cond], events: list[Event], in_progress: Phase,
+             stable: str | None, *, pre: list[Action] | None = None, canary: str | None = None) -> Plan:
+    """A rollback / deletion / settling plan: the steps' actions; busy (in_progress, requeued) while a step is
+    not done or anything but the table write and the annotations' clearing is left to do."""
+    acts, waiting = run_steps(steps, f)
+    busy = waiting is not None or any(a.verb not in (Verb.TABLE, Verb.PATCH_RELEASE) for a in acts)
     phase, message = _cleanup_phase(f, in_progress, busy, stable)
     return Plan((pre or []) + acts, {}, _status(f, conds, events, phase, message, stable=stable, canary=canary),
                 events, done=not busy, requeue=0.5 if busy else None)
@@ -721,30 +849,3 @@ def _cleanup_phase(f: Facts, in_progress: Phase, busy: bool, stable: str | None)
         message = "deleting: " + ("cleaning up" if busy else "done")
     return phase, message
 
-
-def _promote(pre: list[Action], base_name: str, current: str, published: bool, pending_entry: str | None,
-             own_gray: Obj | None, stale_grays: list[Obj], lane_svcs: list[Obj], pinned: list[Obj],
-             gray_pods: int) -> tuple[list[Action], str]:
-    """One step of the promote clean-up per pass, the first one not done yet (see the module docstring);
-    the base stays paused and its Services pinned to the stable pods until no gray pod is left."""
-    acts = pre + [Action(Verb.TABLE)]                                                               # (a)
-    if published:
-        return acts, "lane routes and queues dropped from the lane table"
-    if pending_entry:                                                                               # (b)
-        return acts, pending_entry
-    grays = ([own_gray] if own_gray is not None else []) + stale_grays                              # (c)
-    if grays or lane_svcs:
-        acts += [Action(Verb.DELETE, "Deployment", d.meta(g)["name"]) for g in grays]
-        acts += [Action(Verb.DELETE, "Service", d.meta(s)["name"]) for s in lane_svcs]
-        return acts, "deleting the gray Deployment and lane Services"
-    if gray_pods > 0:                                                                               # (d)
-        return acts, f"waiting for {gray_pods} gray pod(s) to terminate (base Services stay pinned)"
-    unpins = [(d.meta(s)["name"], d.unpin_patch(s)) for s in pinned]                                # (e)
-    unpins = [(svc, patch) for svc, patch in unpins if patch]
-    if unpins:
-        acts += [Action(Verb.PATCH, "Service", svc, patch) for svc, patch in unpins]
-        return acts, "no gray pod left: restoring the base Services' selectors"
-    acts.append(Action(Verb.PATCH, "Deployment", base_name, {                                       # (f)
-        "metadata": {"annotations": {n.STABLE_ANN: current, n.PAUSED_BY_ANN: None}},
-        "spec": {"paused": False}}))
-    return acts, "rolling the base Deployment to the new template"

@@ -1,11 +1,19 @@
-"""The GrayRelease state machine as one pure function: `plan_release(Observed) -> Plan`.
+"""The GrayRelease state machine, pure: `plan_release(Observed) -> Plan`.
 
 Every decision is re-derived from what is observed (the GrayRelease with its status, the base
 Deployment with its annotations, its ReplicaSets, the gray Deployment, Services, gray pods), so a
 restarted controller resumes wherever the previous one stopped. The Plan is an ordered list of actions
 (only differences), the GrayRelease's routes for the lane table, and the status to write last.
 
-Ordering rules that keep traffic correct:
+Read it as a table (after openkruise/rollouts' runCanary: one doCanaryX per step state):
+- `facts_of(obs) -> Facts`: every fact a decision needs, derived once, frozen;
+- `SITUATIONS`: (situation, holds?, planner) in order, the first that holds plans the pass: missing workload,
+  workload targeted by another release, deleting, healthy (the base runs its stable template: idle, or the end
+  of a promote or rollback), rollback requested, stable ReplicaSet missing, promoting, canary; each planner is
+  `(Facts) -> Plan`;
+- the clean-ups, `PROMOTE_STEPS`, `ROLLBACK_STEPS`, `DELETE_STEPS` and `SETTLE_STEPS`: ordered lists of named
+  steps, each `(Facts) -> (actions, None when done | why not)`, run by `run_steps` up to the first not done.
+  Their order is what keeps traffic correct:
 - canary: pin base Services to the stable pods BEFORE the gray Deployment exists; publish the member in
   the lane table only once the gray Deployment is available (the ("table",) action comes after creates);
 - promote, one step per pass, each waiting for the previous one to be observed: (a) drop the member from
@@ -17,13 +25,26 @@ Ordering rules that keep traffic correct:
   then (b) as above, delete gray objects, and restore base selectors only once no gray pod is left.
 So a base Service never selects a gray pod, and no route names a lane Service that is gone.
 
-Facts persisted in the GrayRelease's status and read back (everything else is derived from the cluster):
-`canaryRevision` + `phase == Promoting` (an approval was taken; the approve annotation may be gone),
-`currentStep` / `stepStartedAt` (approvals and timed pauses), `routes` (what this release has published in
-the lane table: non-empty means the table may still route to its lane Services), `queues` (the Celery queues
-it has published, from the base Deployment's `graybaggage.io/celery-queues` annotation: they follow exactly
-the rule of the routes, entering while a gray pod is ready and leaving in the same table write, so producers
-stop sending to `<queue>-<tag>` before the gray workers go).
+Facts persisted in the GrayRelease's status and read back (the one place that says so; `Facts` marks these
+fields "persisted"). Everything else is derived from the cluster in every pass; what must survive a lost status
+is recorded on the objects themselves (the stable template and the pause on the base Deployment, the pin and
+the user's selector on each base Service), never only in status.
+- `canaryRevision` + `phase == Promoting`: the last step was approved (or its timed pause ran out) for this
+  template; the approve annotation may be gone, and without this the release would fall back to Paused and
+  publish the lane again. Once the base has the template (after (f)), `phase == Promoting` keeps it Promoting
+  until the base has rolled out (`SETTLE_STEPS`).
+- `currentStep` / `stepStartedAt` (only while `canaryRevision` is the base's template): approvals are per step
+  and a timed pause counts from when its step started; nothing in the cluster holds either.
+- `routes` / `queues`: what this release has published in the lane table. Non-empty means the table may still
+  route to its lane Services (or queues): the gray objects stay until a pass has seen them dropped (promote (a),
+  rollback/delete), and a published lane stays published while one gray pod is ready. The queues come from the
+  base Deployment's `graybaggage.io/celery-queues` annotation and follow exactly the rule of the routes,
+  entering while a gray pod is ready and leaving in the same table write, so producers stop sending to
+  `<queue>-<tag>` before the gray workers go.
+- `phase` (one event per phase change) and `conditions` (a condition keeps its lastTransitionTime while its
+  status holds; an invalid Celery-queues annotation is reported by one event, not one per pass).
+- `stableRevision` only while the workload is missing (reported as it was): otherwise the base's
+  `graybaggage.io/stable-revision` annotation is the stable template.
 """
 
 from __future__ import annotations
@@ -369,9 +390,14 @@ def _traffic_facts(obs: Observed, base_name: str, tag: str, stable_rs: Obj | Non
 def plan_release(obs: Observed) -> Plan:
     """Plan one pass: the first situation of `SITUATIONS` that holds plans it."""
     f = facts_of(obs)
-    for _situation, holds, planner in SITUATIONS:
+    return situation(f)[1](f)
+
+
+def situation(f: Facts) -> tuple[str, Callable[[Facts], Plan]]:
+    """The first row of `SITUATIONS` that holds: its name and its planner."""
+    for name, holds, planner in SITUATIONS:
         if holds(f):
-            return planner(f)
+            return name, planner
     raise AssertionError("the last situation always holds")  # pragma: no cover
 
 

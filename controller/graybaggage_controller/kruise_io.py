@@ -30,13 +30,12 @@ from typing import Any
 from . import desired as d
 from . import kruise as k
 from . import names as n
-from .kube import Kube, KubeError
+from .kube import Kube, KubeError, path_template
 
 log = logging.getLogger(__name__)
 
-ROLLOUTS = {"v1beta1": "/apis/rollouts.kruise.io/v1beta1/namespaces/{ns}/rollouts",
-            "v1alpha1": "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/rollouts"}
-TRAFFIC_ROUTINGS = "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/trafficroutings"
+ROLLOUTS = {"v1beta1": path_template("Rollout"), "v1alpha1": path_template("Rollout/v1alpha1")}
+TRAFFIC_ROUTINGS = path_template("TrafficRouting")
 
 
 #: seconds between two API discovery reads of the Rollout API (Kruise installed or removed: seen within this)

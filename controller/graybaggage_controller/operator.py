@@ -3,11 +3,13 @@
     graybaggage-controller [--namespace NS ...] [--kubeconfig PATH] [--webhook-port 9443]
                            [--webhook-host 127.0.0.1] [--no-webhook] [--resync SECONDS]
 
-Handlers (all level-triggered; every pass re-derives everything from the cluster):
-- GrayRelease: a timer every --resync seconds, plus watch events of the GrayRelease, of its base
-  Deployment (label graybaggage.io/gray-release) and of its gray Deployment (graybaggage.io/release);
-  deletion goes through our own finalizer (graybaggage.io/finalizer, added by the controller before it
-  creates anything) that cleans up before letting go.
+Handlers (all level-triggered; every pass re-derives everything from the cluster, and runs dry against the
+watch cache first, against the API only when it would write: cache.py):
+- GrayRelease: watch events of the GrayRelease, of its base Deployment (label graybaggage.io/gray-release),
+  its gray Deployment (graybaggage.io/release), its gray pods (graybaggage.io/lane) and the namespace's
+  Services; a later pass when the plan asks for one (Plan.requeue, requeue.py); a timer every --resync
+  seconds as a safety net. Deletion goes through our own finalizer (graybaggage.io/finalizer, added by the
+  controller before it creates anything) that cleans up before letting go, one requeued pass at a time.
 - Lane: a timer and watch events refresh its status and the namespace's lane table; deletion (same
   finalizer) removes it from the table first.
 - Webhook: mutating, Deployments UPDATE, objectSelector graybaggage.io/gray-release (so unrelated workloads
@@ -24,8 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import faulthandler
 import logging
 import os
+import signal
 import tempfile
 from typing import Any
 
@@ -133,9 +137,8 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
         return plan
 
     def _lane_pass(namespace: str, name: str) -> bool:
-        released = passes.run(lambda: dry_rec.reconcile_lane(namespace, name),
-                              lambda: rec.reconcile_lane(namespace, name))
-        return released
+        return bool(passes.run(lambda: dry_rec.reconcile_lane(namespace, name),
+                               lambda: rec.reconcile_lane(namespace, name)))
 
     def _requeued(key: Any) -> None:
         kind, namespace, name = key
@@ -364,6 +367,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
+    faulthandler.register(signal.SIGUSR1)      # `kill -USR1 <pid>`: every thread's stack on stderr
     if cfg.kubeconfig:
         os.environ["KUBECONFIG"] = cfg.kubeconfig   # for kopf's own login
         from kubernetes.config import kube_config   # which read $KUBECONFIG at import, before we parsed it

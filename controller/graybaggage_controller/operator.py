@@ -174,6 +174,10 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
         settings.execution.max_workers = 8
         settings.watching.server_timeout = 120
         settings.networking.request_timeout = 30
+        # a Lane or GrayRelease deleted while its timer's pass runs: kopf removes its own finalizer once the timer
+        # has exited, and re-checks a timer that did not exit at once only every `cancellation_polling` seconds
+        # (default 60: `kubectl delete lane` then took > 20 s in 3 of ~25 loaded test runs, with every thread idle)
+        settings.background.cancellation_polling = 1.0
         for ix in INDEXED:       # filtered on the server: only gray pods, only lane-table ConfigMaps are sent
             if ix.label is not None:
                 settings.watching.label_selectors[ix.group, ix.version, ix.plural] = ix.label

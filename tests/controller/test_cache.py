@@ -86,10 +86,30 @@ def test_reads_the_cache_cannot_answer_go_to_the_api(call):
         kube.list(kind, ns, arg) if verb == "list" else kube.get(kind, ns, arg)
 
 
-def test_copies_so_a_pass_cannot_change_the_cache():
-    kube = cached(WORLD)
-    kube.get("Deployment", "ns", "a")["metadata"]["labels"]["app"] = "changed"
-    assert kube.get("Deployment", "ns", "a")["metadata"]["labels"]["app"] == "a"
+def test_index_value_is_a_copy_without_managed_fields():
+    body = {"metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}], "labels": {"app": "a"}}}
+    value = c.index_value(c.BY_KIND["Deployment"], body, "ns")
+    assert value == {"ns": {"apiVersion": "apps/v1", "kind": "Deployment",
+                            "metadata": {"name": "a", "labels": {"app": "a"}}}}
+    value["ns"]["metadata"]["labels"]["app"] = "changed"
+    assert body["metadata"]["labels"] == {"app": "a"} and body["metadata"]["managedFields"]
+
+
+def _plan_rows():
+    from tests.controller import test_plan as tp
+    return [(r.name, r.obs) for r in tp.ROWS] + [(r.name, r.obs) for r in getattr(tp, "ORDER_ROWS", [])
+                                                  if hasattr(r, "obs")]
+
+
+@pytest.mark.parametrize("name,obs", _plan_rows(), ids=[r[0] for r in _plan_rows()])
+def test_the_planner_never_changes_what_it_read(name, obs):
+    """Dry passes read the index's own objects (no copy): the planner must leave its inputs as they were."""
+    import copy
+
+    from graybaggage_controller.plan import plan_release
+    before = copy.deepcopy(obs)
+    plan_release(obs)
+    assert obs == before
 
 
 def test_not_attached_nothing_is_cached():
@@ -166,3 +186,46 @@ def test_run(ready, dry_result, expect, api_calls):
         return "api"
     assert passes.run(dry, api) == expect
     assert len(calls) == api_calls == passes.api_passes
+
+
+def _gr(name, workload, lane="gray", routes=None):
+    return {"metadata": {"name": name}, "spec": {"workloadRef": {"name": workload}, "lane": lane},
+            "status": {"routes": routes or {}}}
+
+
+def _dep(name, labels):
+    return {"metadata": {"name": name}, "spec": {"selector": {"matchLabels": labels},
+                                                 "template": {"metadata": {"labels": labels}}}}
+
+
+RELEASES = [_gr("rollout-a", "a"), _gr("rollout-c", "c", routes={"svc-c": "svc-c-gray"}), _gr("rollout-x", "x"),
+            _gr("rollout-d", "d", lane="blue")]
+DEPLOYS = [_dep("a", {"app": "a"}), _dep("c", {"app": "c"}), _dep("d", {"app": "d"})]   # x: no base Deployment
+
+
+@pytest.mark.parametrize("labels,expect", [
+    ({"app": "a", n.LANE_LABEL: "gray"}, ["rollout-a", "rollout-x"]),     # its base selects it; x: base unknown
+    ({"app": "c", n.LANE_LABEL: "gray"}, ["rollout-c", "rollout-x"]),
+    ({"app": "d", n.LANE_LABEL: "gray"}, ["rollout-x"]),                  # d's release is of lane blue
+    ({"app": "d", n.LANE_LABEL: "blue"}, ["rollout-d"]),
+    ({"app": "zzz", n.LANE_LABEL: "gray"}, ["rollout-x"]),
+])
+def test_releases_of_pod(labels, expect):
+    assert c.releases_of_pod(labels, RELEASES, DEPLOYS) == expect
+
+
+def _svc(name, selector=None, labels=None, original=None):
+    ann = {n.ORIGINAL_SELECTOR_ANN: original} if original else {}
+    return {"metadata": {"name": name, "labels": labels or {}, "annotations": ann}, "spec": {"selector": selector}}
+
+
+@pytest.mark.parametrize("service,expect", [
+    (_svc("svc-a", {"app": "a"}), ["rollout-a", "rollout-x"]),
+    (_svc("svc-a", {"app": "a", "pod-template-hash": "h1"}, original='{"app": "a"}'), ["rollout-a", "rollout-x"]),  # pinned
+    (_svc("svc-c", {"app": "other"}), ["rollout-c", "rollout-x"]),        # no longer selects c, but c routes it
+    (_svc("svc-a-gray", {"app": "a"}, labels={n.OWNER_LABEL: "rollout-a"}), ["rollout-a"]),   # a lane Service
+    (_svc("svc-gone-gray", {}, labels={n.OWNER_LABEL: "rollout-gone"}), []),
+    (_svc("svc-none", None), ["rollout-x"]),                              # selects nothing
+])
+def test_releases_of_service(service, expect):
+    assert c.releases_of_service(service, RELEASES, DEPLOYS) == expect

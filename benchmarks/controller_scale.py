@@ -9,7 +9,7 @@ kube-controller-manager, kube-scheduler, kwok: pods become Ready without a kubel
 --releases GrayReleases spread round-robin over --namespaces namespaces (one Lane `gray` per namespace;
 release j of a namespace is Deployment + Service `s<j//3>-<a|b|c>`: the seed's a -> b -> c shape, one
 Service per Deployment, three per chain), runs the real controller as a separate process
-(`python -m graybaggage_controller --kubeconfig ...`, cluster-wide, default --resync 5, its own token
+(`python -m graybaggage_controller --kubeconfig ...`, cluster-wide, its default --resync unless given, its own token
 user so the audit log holds only its requests), waits until every release is Healthy and measures:
 
 1. idle API requests per minute by verb and resource (audit log, requests received in the idle window),
@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -224,16 +225,17 @@ def release_phases(api: Api) -> dict[tuple[str, str], str | None]:
 
 # ------------------------------------------------------------------------------------- controller process
 class Controller:
-    def __init__(self, cp, workdir: Path, resync: float) -> None:
+    def __init__(self, cp, workdir: Path, resync: float | None) -> None:
         from tests.k8s.cluster import _set_pdeathsig, free_port
         self.cp, self.workdir = cp, workdir
         self.port = free_port()
         self.log_path = workdir / "controller.log"
-        env = dict(cp.env, PYTHONUNBUFFERED="1")
+        env = dict(cp.env, PYTHONUNBUFFERED="1", GRAYBAGGAGE_STATS_SECONDS="5")   # pass counts for the idle window
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "graybaggage_controller", "--kubeconfig", cp.controller_kubeconfig(),
-                 "--resync", str(resync), "--webhook-port", str(self.port), "--webhook-name", "graybaggage-bench",
+                 *(["--resync", str(resync)] if resync else []), "--webhook-port", str(self.port),
+                 "--webhook-name", "graybaggage-bench",
                  "--tls-dir", str(workdir / "tls")],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir), start_new_session=True,
                 preexec_fn=_set_pdeathsig)   # dies with the benchmark
@@ -302,19 +304,23 @@ def audit_events(path: Path, start: float, end: float):
     return seen.values()
 
 
-def timer_passes(log_path: Path, start: float, end: float) -> int:
-    """GrayRelease timer passes the controller logged (kopf: "Timer '..._release_timer' succeeded") between two
-    epoch times: the idle window's request counts mean something only if passes ran in it."""
-    count = 0
+def cached_passes(log_path: Path, start: float, end: float) -> dict[str, int]:
+    """Passes the controller counted in its "passes in the last Ns: D from the cache, A against the API" lines
+    logged between two epoch times: an idle window's request counts mean something only if passes ran in it."""
+    out = {"from_cache": 0, "against_api": 0}
+    pattern = re.compile(r"passes in the last \S+: (\d+) from the cache, (\d+) against the API")
     for line in log_path.read_text(errors="replace").splitlines():
-        if "_release_timer' succeeded" not in line or not line.startswith("["):
+        m = pattern.search(line)
+        if not m or not line.startswith("["):
             continue
         try:
             ts = datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         except ValueError:
             continue
-        count += start <= ts <= end
-    return count
+        if start <= ts <= end:
+            out["from_cache"] += int(m.group(1))
+            out["against_api"] += int(m.group(2))
+    return out
 
 
 def audit_series(path: Path, start: float, end: float, step: float = 10.0) -> list[int]:
@@ -678,7 +684,7 @@ def run(args) -> dict:
             "controller_cpu_s": round(cpu1 - cpu0, 2),
             "controller_cpu_cores": round((cpu1 - cpu0) / (w1 - w0), 3),
             "controller_rss_mib": {"start": rss0, "end": rss1}, "loadavg_start": la0, "loadavg_end": loadavg(),
-            "release_timer_passes": timer_passes(ctl.log_path, w0, w1)}
+            "passes": cached_passes(ctl.log_path, w0, w1)}
         progress(f"idle: {result['idle']['requests_per_min']} requests/min, LIST per release per min "
                  f"{result['idle']['list_per_release_per_min']}, CPU {result['idle']['controller_cpu_cores']} cores, "
                  f"RSS {rss1} MiB")
@@ -728,7 +734,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--settle-seconds", type=float, default=180,
                    help="wait after all are Healthy before the idle window (default 180: at 200 releases the "
                         "controller works off the set-up's events for ~1-2 min; see idle.requests_per_10s)")
-    p.add_argument("--resync", type=float, default=5.0, help="the controller's --resync (default: its default, 5)")
+    p.add_argument("--resync", type=float, default=None, help="the controller's --resync (default: its own default)")
     p.add_argument("--timeout", type=float, default=600, help="bound of every wait, seconds")
     p.add_argument("--out", default=None)
     p.add_argument("--keep", action="store_true", help="keep the control plane's workdir (audit and controller logs)")

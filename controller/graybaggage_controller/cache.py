@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import threading
+import time
 from typing import Any, Callable
 
 from . import desired as d
@@ -130,6 +132,17 @@ def _base_of(release: Obj, deployments: dict[str, Obj]) -> Obj | None:
     return deployments.get(((release.get("spec") or {}).get("workloadRef") or {}).get("name") or "")
 
 
+def releases_of_deployment(name: str, labels: dict[str, str], releases: list[Obj]) -> list[str]:
+    """The GrayReleases a Deployment's event concerns: those targeting it by name (it may have just appeared),
+    the one that labelled it as its base, and the owner of a gray Deployment."""
+    out = [d.meta(gr)["name"] for gr in releases
+           if ((gr.get("spec") or {}).get("workloadRef") or {}).get("name") == name]
+    for label in (n.RELEASE_LABEL, n.OWNER_LABEL):
+        if labels.get(label) and labels[label] not in out:
+            out.append(labels[label])
+    return out
+
+
 def releases_of_pod(labels: dict[str, str], releases: list[Obj], deployments: list[Obj]) -> list[str]:
     """The GrayReleases a gray pod's event concerns: of its lane, whose base Deployment's selector selects it
     (all of its lane when the base is not known)."""
@@ -224,6 +237,20 @@ class Passes:
         self.kube = CachedKube(kube, indexes)
         self.dry_passes = 0
         self.api_passes = 0
+
+    def log_counts_every(self, interval: float) -> None:
+        """One INFO line per `interval` seconds in which passes ran: how many were served from the cache."""
+        def loop() -> None:
+            last = (0, 0)
+            while True:
+                time.sleep(interval)
+                now = (self.dry_passes, self.api_passes)
+                if now != last:
+                    log.info("passes in the last %gs: %d from the cache, %d against the API", interval,
+                             now[0] - last[0], now[1] - last[1])
+                    last = now
+        if interval > 0:
+            threading.Thread(target=loop, name="graybaggage-pass-counts", daemon=True).start()
 
     def dry(self, obj: Any) -> Any:
         twin = copy.copy(obj)

@@ -38,7 +38,8 @@ import kopf
 from . import desired as d
 from . import names as n
 from . import kruise as kr_pure
-from .cache import INDEXED, Indexed, Indexes, Passes, index_value, releases_of_pod, releases_of_service
+from .cache import (INDEXED, Indexed, Indexes, Passes, index_value, releases_of_deployment, releases_of_pod,
+                    releases_of_service)
 from .kube import Kube, api_client_from
 from .kruise_io import KruiseMode
 from .reconcile import Reconciler
@@ -46,13 +47,16 @@ from .requeue import Requeue
 
 log = logging.getLogger(__name__)
 
+#: seconds between Kruise mode's level-triggered passes (and manager probes), unless --resync is shorter
+KRUISE_RESYNC = 5.0
+
 
 @dataclasses.dataclass
 class Config:
     namespaces: list[str]
     kubeconfig: str | None = None
     context: str | None = None
-    resync: float = 5.0
+    resync: float = 60.0                    # the safety-net timer; passes are driven by watch events
     webhook: bool = True
     webhook_host: str = "127.0.0.1"
     webhook_addr: str | None = None
@@ -68,6 +72,7 @@ class Config:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    stats_interval: float = 60.0            # seconds between the "passes in the last ..." INFO lines
 
 
 class _ConfiguringWebhookServer(kopf.WebhookServer):
@@ -112,7 +117,8 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
     kube = Kube(api_client_from(cfg.kubeconfig, cfg.context))
     rec = Reconciler(kube, events=_post_event)
     G, V = n.GROUP, n.VERSION
-    kruise = KruiseMode(kube, rec, resync=cfg.resync, leading=leading)
+    # Kruise mode's passes read the API (not the cache) and probe the manager: every 5 s, or --resync if shorter
+    kruise = KruiseMode(kube, rec, resync=min(cfg.resync, KRUISE_RESYNC), leading=leading)
     rec.table_hook = kruise.merge_table
 
     # watch-fed reads (cache.py): passes run dry against kopf's indexes first, against the API only to write
@@ -150,6 +156,7 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
             requeue.after(key, 0.5)
 
     requeue = Requeue(_requeued)
+    passes.log_counts_every(cfg.stats_interval)
 
     def _deleting(kind: str, namespace: str, name: str) -> bool:
         obj = passes.kube.get(kind, namespace, name) if indexes.ready else None
@@ -228,15 +235,13 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
         else:
             _release_pass(namespace, name)    # a deleting one: requeued until clean-up is done (timers stop)
 
-    @kopf.on.event("apps", "v1", "deployments", labels={n.RELEASE_LABEL: kopf.PRESENT}, registry=registry)
-    def _base_event(namespace: str, labels: dict, **kwargs: Any) -> None:
+    # Deployments: a base (targeted by name, so one that appears after its release counts), a gray one (its owner)
+    @kopf.on.event("apps", "v1", "deployments", registry=registry)
+    def _deployment_event(namespace: str, name: str, labels: dict, **kwargs: Any) -> None:
         if _attached(kwargs):
-            _release_pass(namespace, labels[n.RELEASE_LABEL])
-
-    @kopf.on.event("apps", "v1", "deployments", labels={n.OWNER_LABEL: kopf.PRESENT}, registry=registry)
-    def _gray_event(namespace: str, labels: dict, **kwargs: Any) -> None:
-        if _attached(kwargs):
-            _release_pass(namespace, labels[n.OWNER_LABEL])
+            releases = indexes.objects("GrayRelease", namespace) if indexes.ready else []
+            for release in releases_of_deployment(name, dict(labels), releases):
+                _release_pass(namespace, release)
 
     # gray pods: "no gray pod left" is the step before base Services are unpinned
     @kopf.on.event("", "v1", "pods", labels={n.LANE_LABEL: kopf.PRESENT}, registry=registry)
@@ -328,8 +333,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="watch only this namespace (repeatable); default: cluster-wide")
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("--context", default=None)
-    p.add_argument("--resync", type=float, default=float(os.environ.get("GRAYBAGGAGE_RESYNC_SECONDS", "5")),
-                   help="seconds between level-triggered passes per object (default 5)")
+    p.add_argument("--resync", type=float, default=float(os.environ.get("GRAYBAGGAGE_RESYNC_SECONDS", "60")),
+                   help="seconds between safety-net passes per object (default 60; passes are driven by watch "
+                        "events and by the plan; Kruise mode passes every 5 s, or this if shorter)")
     p.add_argument("--no-webhook", dest="webhook", action="store_false")
     p.add_argument("--webhook-host", default="127.0.0.1", help="host the API server uses to reach the webhook")
     p.add_argument("--webhook-addr", default=None, help="listen address (default: --webhook-host)")
@@ -354,6 +360,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="seconds the leader keeps trying to renew before it stops reconciling (default 10)")
     p.add_argument("--leader-elect-retry-period", type=float, default=2.0,
                    help="seconds between acquire/renew attempts (default 2)")
+    p.add_argument("--stats-interval", type=float,
+                   default=float(os.environ.get("GRAYBAGGAGE_STATS_SECONDS", "60")),
+                   help="seconds between INFO lines counting the passes served from the cache and against the API")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="kopf's debug log, and its line per handler call (otherwise only its warnings and errors)")
     a = p.parse_args(argv)
@@ -367,7 +376,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   webhook_service=a.webhook_service, tls_secret=a.tls_secret, liveness=a.liveness,
                   leader_elect=a.leader_elect, leader_namespace=a.leader_elect_resource_namespace,
                   leader_name=a.leader_elect_resource_name, lease_duration=a.leader_elect_lease_duration,
-                  renew_deadline=a.leader_elect_renew_deadline, retry_period=a.leader_elect_retry_period)
+                  renew_deadline=a.leader_elect_renew_deadline, retry_period=a.leader_elect_retry_period,
+                  stats_interval=a.stats_interval)
 
 
 def main(argv: list[str] | None = None) -> None:

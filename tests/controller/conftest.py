@@ -81,7 +81,7 @@ class ControllerProcess:
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "graybaggage_controller", "--namespace", self.namespace,
-             "--kubeconfig", self.cluster.kubeconfig, "--resync", "0.5",
+             "--kubeconfig", self.cluster.kubeconfig, "--resync", os.environ.get("GB_CTL_RESYNC", "0.5"),
              "--webhook-port", str(self.port), "--webhook-name", self.webhook_name,
              "--tls-dir", str(self.workdir / "tls"), *self.extra_args, *(["-v"] if os.environ.get("GB_CTL_VERBOSE") else [])],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True,

@@ -229,3 +229,14 @@ def _svc(name, selector=None, labels=None, original=None):
 ])
 def test_releases_of_service(service, expect):
     assert c.releases_of_service(service, RELEASES, DEPLOYS) == expect
+
+
+@pytest.mark.parametrize("name,labels,expect", [
+    ("a", {}, ["rollout-a"]),                                          # targeted by name (may have just appeared)
+    ("a", {n.RELEASE_LABEL: "rollout-a"}, ["rollout-a"]),              # labelled base: once
+    ("b", {n.RELEASE_LABEL: "rollout-old"}, ["rollout-old"]),          # labelled by a release (even a gone one)
+    ("a-gray", {n.OWNER_LABEL: "rollout-a"}, ["rollout-a"]),           # a gray Deployment: its owner
+    ("zzz", {"app": "zzz"}, []),
+])
+def test_releases_of_deployment(name, labels, expect):
+    assert c.releases_of_deployment(name, labels, RELEASES) == expect

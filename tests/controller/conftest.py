@@ -59,8 +59,9 @@ def gb_kube(k8s_cluster):
 
 
 class ControllerProcess:
-    def __init__(self, cluster, namespace: str, workdir: Path):
+    def __init__(self, cluster, namespace: str, workdir: Path, resync: str | None = "0.5"):
         from tests.k8s.cluster import free_port
+        self.resync = os.environ.get("GB_CTL_RESYNC", resync)   # None: the controller's own default (60 s)
         self.cluster = cluster
         self.namespace = namespace
         self.workdir = workdir
@@ -81,7 +82,7 @@ class ControllerProcess:
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "graybaggage_controller", "--namespace", self.namespace,
-             "--kubeconfig", self.cluster.kubeconfig, "--resync", os.environ.get("GB_CTL_RESYNC", "0.5"),
+             "--kubeconfig", self.cluster.kubeconfig, *(["--resync", self.resync] if self.resync else []),
              "--webhook-port", str(self.port), "--webhook-name", self.webhook_name,
              "--tls-dir", str(self.workdir / "tls"), *self.extra_args, *(["-v"] if os.environ.get("GB_CTL_VERBOSE") else [])],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True,
@@ -126,7 +127,9 @@ class ControllerProcess:
 
 @pytest.fixture
 def gb_controller(k8s_cluster, gb_crds, k8s_namespace, tmp_path, request):
-    ctl = ControllerProcess(k8s_cluster, k8s_namespace, tmp_path)
+    # a test module sets CONTROLLER_RESYNC = None to run on watch events alone, as deployed (default 60 s timer)
+    ctl = ControllerProcess(k8s_cluster, k8s_namespace, tmp_path,
+                            resync=getattr(request.module, "CONTROLLER_RESYNC", "0.5"))
     yield ctl
     ctl.kill()
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed

@@ -29,6 +29,9 @@ from .conftest import wait_for
 from .test_flow_live_extra import Recorder, conditions, named, start_healthy
 from .test_live import NEW, app_manifests, lane_manifest, release_manifest, run_cli, set_image, status
 
+#: the controller as deployed: passes driven by watch events and Plan.requeue, the 60 s timer a safety net
+CONTROLLER_RESYNC = None
+
 pytestmark = pytest.mark.k8s_local_webhook
 
 A, W = "spring-cloud-a", "celery-worker"

@@ -19,6 +19,9 @@ from .conftest import wait_for
 from .test_live import (NEW, OLD, REPO, app_manifests, apply, base_rs_images, image, lane_manifest,
                         owned_objects, release_manifest, routes, run_cli, set_image, status)
 
+#: the controller as deployed: passes driven by watch events and Plan.requeue, the 60 s timer a safety net
+CONTROLLER_RESYNC = None
+
 pytestmark = pytest.mark.k8s_local_webhook
 
 A, B, C = "spring-cloud-a", "spring-cloud-b", "spring-cloud-c"

@@ -17,6 +17,9 @@ from graybaggage_controller.kube import read_lane_table
 
 from .conftest import wait_for
 
+#: the controller as deployed: passes driven by watch events and Plan.requeue, the 60 s timer a safety net
+CONTROLLER_RESYNC = None
+
 pytestmark = pytest.mark.k8s_local_webhook
 
 OLD, NEW = "mse-2.0.0", "mse-2.0.1"

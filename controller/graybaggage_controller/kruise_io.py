@@ -23,9 +23,11 @@ each pass at DEBUG with its number of writes.
 Kruise manager down: while Rollouts exist, at most once per `resync` a pass GETs one Rollout in v1alpha1 (not the
 stored version: the API server reads it from etcd and asks Kruise's conversion webhook, served by the manager;
 a list would come from the watch cache, converted when it was filled, and answer without the manager). When that says the
-manager does not answer, one WARNING line, and the passes write nothing (lane table, lane Services and pins
-stay as they are: a Kruise that is gone must not drop a lane or unpin a base) until it answers again (one INFO
-line).
+manager does not answer, one WARNING line and one Warning Event `KruiseManagerDown` on each Rollout of the
+namespace (a new Event object about the Rollout: `kubectl describe rollout` shows it; the Rollout itself is not
+written), and the passes write nothing (lane table, lane Services, pins and entry Ingresses stay as they are: a
+Kruise that is gone must not drop a lane or unpin a base) until it answers again (one INFO line, one Normal
+Event `KruiseManagerAnswering` per Rollout).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ ROLLOUTS = {"v1beta1": "/apis/rollouts.kruise.io/v1beta1/namespaces/{ns}/rollout
 TRAFFIC_ROUTINGS = "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/trafficroutings"
 INGRESSES = "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses"
 
+
+#: Event reasons on each Rollout of a namespace when Kruise's manager stops / starts answering
+DOWN_REASON = "KruiseManagerDown"
+BACK_REASON = "KruiseManagerAnswering"
 
 #: seconds between two API discovery reads of the Rollout API (Kruise installed or removed: seen within this)
 DISCOVERY_TTL = 30.0
@@ -163,9 +169,35 @@ class KruiseMode:
         if down and not was:
             log.warning("Kruise Rollout manager not answering (%s): keeping the Kruise lanes of %s as they are "
                         "(lane table, lane Services, base pins) until it answers", down, namespace)
+            self._rollout_events(namespace, rollouts, "Warning", DOWN_REASON,
+                                 f"Kruise Rollout manager not answering ({down}): graybaggage keeps this Rollout's "
+                                 "lane (lane table, lane Services, base pins, entry Ingress) as it is until it answers")
         elif was and not down:
             log.info("Kruise Rollout manager answering again: Kruise mode resumes in %s", namespace)
+            self._rollout_events(namespace, rollouts, "Normal", BACK_REASON,
+                                 "Kruise Rollout manager answering again: graybaggage follows this Rollout again")
         return down
+
+    def _rollout_events(self, namespace: str, rollouts: list[dict], etype: str, reason: str, message: str) -> None:
+        """One Event per Rollout (`kubectl describe rollout`, `kubectl get events`): a new core/v1 Event object
+        about the Rollout, never a write to the Rollout itself. Best effort: a failure is one log line."""
+        import datetime
+        import uuid
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for r in rollouts:
+            meta = d.meta(r)
+            body = {"apiVersion": "v1", "kind": "Event",
+                    "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+                    "involvedObject": {"apiVersion": r.get("apiVersion") or f"{k.GROUP}/v1beta1", "kind": "Rollout",
+                                       "name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid"),
+                                       "resourceVersion": meta.get("resourceVersion")},
+                    "reason": reason, "message": message, "type": etype, "count": 1,
+                    "firstTimestamp": now, "lastTimestamp": now,
+                    "source": {"component": n.FIELD_MANAGER}, "reportingComponent": n.FIELD_MANAGER}
+            try:
+                self.kube.create("Event", namespace, body)
+            except Exception as e:     # events are best effort
+                log.warning("Event %s on Rollout %s/%s not posted: %s", reason, namespace, meta.get("name"), e)
 
     def plan(self, namespace: str) -> k.Plan | None:
         seen = self.observe(namespace)

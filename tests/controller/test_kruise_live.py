@@ -390,6 +390,13 @@ def our_versions(kube, ns) -> dict[str, str]:
     return out
 
 
+def rollout_events(kube, ns, as_list=False):
+    """(Rollout, type, reason) of graybaggage's Events about Rollouts."""
+    evs = [(e["involvedObject"]["name"], e["type"], e["reason"]) for e in kube.list("Event", ns)
+           if e["involvedObject"].get("kind") == "Rollout" and (e.get("source") or {}).get("component") == "graybaggage"]
+    return evs if as_list else set(evs)
+
+
 def passes(ctl, ns, start: int) -> list[int]:
     """Writes of each Kruise pass of `ns` logged since controller start #`start` (needs -v)."""
     import re
@@ -524,6 +531,10 @@ def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster
             res.stdout
         assert any(ln.split()[:4] == ["rollout-a", "spring-cloud-a", "gray", "Member"]
                    for ln in res.stdout.splitlines()), res.stdout
+        # one Warning Event on each Rollout (a new Event object; the Rollouts themselves are not written)
+        assert rollout_events(gb_kube, ns) == {("rollout-a", "Warning", "KruiseManagerDown"),
+                                               ("rollout-b", "Warning", "KruiseManagerDown")}
+        assert len(rollout_events(gb_kube, ns, as_list=True)) == 2
     finally:
         if not kruise_manager.alive():
             kruise_manager.start_process()
@@ -534,4 +545,6 @@ def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster
              "the manager-back line")
     wait_for(lambda: len(passes(gb_controller, ns, start)) >= frozen + 6, 60, "passes after the manager is back")
     assert our_versions(gb_kube, ns) == before
+    assert {e for e in rollout_events(gb_kube, ns) if e[1] == "Normal"} == {
+        ("rollout-a", "Normal", "KruiseManagerAnswering"), ("rollout-b", "Normal", "KruiseManagerAnswering")}
     assert set(passes(gb_controller, ns, start)) == {0}, passes(gb_controller, ns, start)

@@ -548,3 +548,44 @@ def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster
     assert {e for e in rollout_events(gb_kube, ns) if e[1] == "Normal"} == {
         ("rollout-a", "Normal", "KruiseManagerAnswering"), ("rollout-b", "Normal", "KruiseManagerAnswering")}
     assert set(passes(gb_controller, ns, start)) == {0}, passes(gb_controller, ns, start)
+
+
+@pytest.mark.parametrize("kruise_manager", ["v0.6.2"], indirect=True)
+def test_rollout_deleted_mid_release(kruise_manager, k8s_cluster, gb_controller, gb_kube):
+    """Mid-release (a's canary in the lane, its canary Ingress taken over), the user deletes rollout-a: Kruise
+    terminates it (resumes the base on the new template, deletes its canary). graybaggage treats that like an
+    approval: the Ingresses go back before the lane leaves the table, the base Service is unpinned in that pass and
+    never has 0 ready endpoints, and nothing of ours is left."""
+    ns = gb_controller.namespace
+    kc = k8s_cluster.kubectl
+    apply(k8s_cluster, ns, app_manifests("spring-cloud-a") + [SEED_INGRESS])
+    kc("-n", ns, "rollout", "status", "deployment/spring-cloud-a", "--timeout=60s")
+    apply(k8s_cluster, ns, [seed_rollout("a"), SEED_TRAFFIC_ROUTING])
+    wait_for(lambda: rollout(k8s_cluster, ns, "rollout-a").get("status", {}).get("phase") == "Healthy", 120,
+             "rollout-a Healthy")
+    gb_controller.start()
+    rec = Recorder(k8s_cluster, ns)
+    try:
+        set_image(k8s_cluster, ns, "spring-cloud-a", NEW)
+        wait_for(lambda: routes(gb_kube, ns) == {"spring-cloud-a": "spring-cloud-a-gray"}, 180, "lane table {a}")
+        wait_for(lambda: (c := ingress(gb_kube, ns, "spring-cloud-a-canary")) is not None
+                 and ingress_backend(c) == "spring-cloud-a-gray", 60, "canary Ingress -> spring-cloud-a-gray")
+        kc("delete", RV1B1, "rollout-a", "-n", ns, "--wait=false")
+        wait_for(lambda: routes(gb_kube, ns) is None, 120, "lane table {} (ConfigMap gone)")
+        wait_for(lambda: ours(gb_kube, ns) == [], 120, "nothing of ours left")
+        wait_for(lambda: gb_kube.list("Deployment", ns, k.CANARY_DEPLOYMENT_LABEL) == [], 120, "Kruise's canary gone")
+        wait_for(lambda: selected_images(gb_kube, ns, "spring-cloud-a") == [f"{REPO}/spring-cloud-a:{NEW}"] * 2,
+                 120, "a's base on the new image")
+        gone = next(rv for rv, o in rec.ordered("ConfigMap")
+                    if o["metadata"]["name"] == n.TABLE_CONFIGMAP and o["type"] == "DELETED")
+        assert rec.ingress_left("spring-cloud-a-canary", "spring-cloud-a-gray") < gone, rec.ingress_timeline()
+        assert rec.ingress_done("spring-cloud-a") < gone, rec.ingress_timeline()
+        counts = rec.ready_endpoints("spring-cloud-a")
+        assert counts and min(counts) >= 1, f"{counts}\n{rec.timeline('spring-cloud-a')}"
+        stable_ing = ingress(gb_kube, ns, "spring-cloud-a")
+        assert stable_ing["spec"] == SEED_INGRESS["spec"] and not any(
+            key.startswith(("graybaggage.io/", "higress.io/")) for key in stable_ing["metadata"].get("annotations")
+            or {}), stable_ing
+        assert "rollout-a Terminating" in gb_controller.log(), "the summary line names the reason"
+    finally:
+        rec.stop()

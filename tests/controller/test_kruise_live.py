@@ -330,6 +330,9 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         assert now is None or (ingress_backend(now) == "spring-cloud-a"
                                and now["metadata"]["annotations"][k.HIGRESS_UPDATE] == "x-mse-tag gray"), now
 
+        # restart after the approval (c still in the lane, the canary Ingress dyeing for it): converges, 0 writes
+        restart_converges(gb_controller, gb_kube, ns)
+
         # ---- roll back c
         set_image(k8s_cluster, ns, "spring-cloud-c", OLD)
         wait_for(lambda: routes(gb_kube, ns) is None, 120, "lane table {} (ConfigMap gone)")
@@ -355,6 +358,8 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
             assert canaries
             leaked = {p for p in rec.pods_in(app, until) if any(p.startswith(c + "-") for c in canaries)}
             assert not leaked, f"{app}: {leaked}\n{rec.timeline(app)}"
+        restart_converges(gb_controller, gb_kube, ns)      # and after the rollback: still nothing of ours
+        assert ours(gb_kube, ns) == []
         b = gb_kube.get("Deployment", ns, "spring-cloud-b")
         assert b["spec"] == b_before["spec"] and b["metadata"]["generation"] == b_before["metadata"]["generation"]
         assert "spring-cloud-b" not in [o["metadata"]["name"] for _, o in rec.ordered("Deployment")
@@ -388,6 +393,18 @@ def our_versions(kube, ns) -> dict[str, str]:
                 for i in kube.request("GET", INGRESSES.format(ns=ns))["items"]
                 if k.ENTRY_ANN in (i["metadata"].get("annotations") or {})})
     return out
+
+
+def restart_converges(ctl, kube, ns) -> None:
+    """Kill the controller, start it again: its first three Kruise passes write nothing and no object of ours
+    changes (same resourceVersions)."""
+    before = our_versions(kube, ns)
+    ctl.kill()
+    ctl.start()
+    start = ctl.starts
+    wait_for(lambda: len(passes(ctl, ns, start)) >= 3, 60, "three Kruise passes after the restart")
+    assert our_versions(kube, ns) == before
+    assert set(passes(ctl, ns, start)) == {0}, passes(ctl, ns, start)
 
 
 def rollout_events(kube, ns, as_list=False):

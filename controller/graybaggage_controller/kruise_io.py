@@ -50,6 +50,10 @@ TRAFFIC_ROUTINGS = "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/trafficrou
 INGRESSES = "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses"
 
 
+class Conflict(Exception):
+    """A write lost a race (HTTP 409): the pass stops there and runs again from a fresh read."""
+
+
 #: Event reasons on each Rollout of a namespace when Kruise's manager stops / starts answering
 DOWN_REASON = "KruiseManagerDown"
 BACK_REASON = "KruiseManagerAnswering"
@@ -272,6 +276,11 @@ class KruiseMode:
                 self._dirty.discard(namespace)
             try:
                 self.reconcile(namespace)
+            except Conflict as e:      # an ordinary race: pass again at once, from a fresh read
+                log.info("Kruise pass for %s: %s; passing again", namespace, e)
+                time.sleep(0.1)
+                with self._guard:
+                    self._dirty.add(namespace)
             except Exception:
                 log.exception("Kruise mode pass for %s failed; retrying", namespace)
                 time.sleep(1.0)
@@ -348,7 +357,9 @@ class KruiseMode:
             except KubeError as e:
                 if e.status == 404:      # Kruise deleted its canary Ingress meanwhile: nothing left to undo
                     continue
-                raise                    # 409: Kruise changed it since the read; the retried pass reads it again
+                if e.status == 409:      # changed since the read (Kruise's script): stop before the table write
+                    raise Conflict(f"Ingress {namespace}/{name} changed since it was read") from e
+                raise
             ann = d.meta(body).get("annotations") or {}
             log.info("Kruise entry Ingress %s/%s: %s", namespace, name,
                      "changed, record " + ann[k.ENTRY_ANN] if k.ENTRY_ANN in ann else "graybaggage's changes undone")

@@ -24,7 +24,9 @@ second one. Kruise makes it (a copy of the stable Ingress, backend the STABLE Se
 `<svc>-canary` with a Rollout's own `trafficRoutings`) and keeps only its canary annotations on it; graybaggage adds
 what MSE's agent did:
 
-- Higress: while the lane has a member anywhere (a tag in the lane table), `higress.io/request-header-control-update:
+- Higress (from its source: a header-matched canary route drops the stable route's header control and applies
+  the canary Ingress's own, so the stable's strip never removes the tag the canary sets): while the lane has a
+  member anywhere (a tag in the lane table), `higress.io/request-header-control-update:
   <header> <tag>` on the canary Ingress (the requests Kruise's match sends to the canary get the lane header, so
   every later hop follows the lane), and `higress.io/request-header-control-remove: <header>,baggage` on the
   stable Ingress (a forged tag from outside is stripped, as for a Lane's Higress entry); while the entry Service

@@ -302,6 +302,21 @@ def audit_events(path: Path, start: float, end: float):
     return seen.values()
 
 
+def timer_passes(log_path: Path, start: float, end: float) -> int:
+    """GrayRelease timer passes the controller logged (kopf: "Timer '..._release_timer' succeeded") between two
+    epoch times: the idle window's request counts mean something only if passes ran in it."""
+    count = 0
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "_release_timer' succeeded" not in line or not line.startswith("["):
+            continue
+        try:
+            ts = datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        count += start <= ts <= end
+    return count
+
+
 def audit_series(path: Path, start: float, end: float, step: float = 10.0) -> list[int]:
     """The controller's requests received per `step` seconds in [start, end): is the idle rate steady?"""
     out = [0] * max(1, int((end - start + 0.5) // step))
@@ -662,7 +677,8 @@ def run(args) -> dict:
             "requests_per_release_per_min": round(sum(counts.values()) / minutes / len(want), 3),
             "controller_cpu_s": round(cpu1 - cpu0, 2),
             "controller_cpu_cores": round((cpu1 - cpu0) / (w1 - w0), 3),
-            "controller_rss_mib": {"start": rss0, "end": rss1}, "loadavg_start": la0, "loadavg_end": loadavg()}
+            "controller_rss_mib": {"start": rss0, "end": rss1}, "loadavg_start": la0, "loadavg_end": loadavg(),
+            "release_timer_passes": timer_passes(ctl.log_path, w0, w1)}
         progress(f"idle: {result['idle']['requests_per_min']} requests/min, LIST per release per min "
                  f"{result['idle']['list_per_release_per_min']}, CPU {result['idle']['controller_cpu_cores']} cores, "
                  f"RSS {rss1} MiB")

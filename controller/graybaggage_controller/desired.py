@@ -428,6 +428,29 @@ def lane_status(lane: Mapping[str, Any], releases: Iterable[Mapping[str, Any]]) 
 
 # ---------------------------------------------------------------------------------------------- webhook
 
+def merged_for_update(kind: str, current: Mapping[str, Any], want: Mapping[str, Any]) -> Obj:
+    """The body that replaces `current` (as read from the API server) with what `want` asks, keeping what others
+    own: the status goes (a replace does not write it); labels and annotations are merged, ours winning; the
+    ownerReferences are ours (when we have any); a Service takes only our ports and selector, keeping what the
+    API server or the user set (clusterIP, ipFamilies, sessionAffinity, ...); any other kind takes our whole
+    spec. The resourceVersion stays the one read, so a change in between makes the replace conflict."""
+    body = copy.deepcopy(dict(current))
+    body.pop("status", None)
+    m = body.setdefault("metadata", {})
+    wm = want.get("metadata") or {}
+    m["labels"] = {**(m.get("labels") or {}), **(wm.get("labels") or {})}
+    m["annotations"] = {**(m.get("annotations") or {}), **(wm.get("annotations") or {})}
+    if wm.get("ownerReferences"):
+        m["ownerReferences"] = copy.deepcopy(wm["ownerReferences"])
+    wspec = copy.deepcopy(want.get("spec") or {})
+    if kind == "Service":
+        spec = body.setdefault("spec", {})
+        spec["ports"], spec["selector"] = wspec.get("ports"), wspec.get("selector")
+    else:
+        body["spec"] = wspec
+    return body
+
+
 def webhook_patch(deployment: Mapping[str, Any]) -> Obj | None:
     """The mutation for an UPDATE of a targeted Deployment: pause it when its template is not the stable one.
 

@@ -40,18 +40,17 @@ from typing import Any
 from . import desired as d
 from . import kruise as k
 from . import names as n
-from .kube import Kube, KubeError
+from .kube import Kube, KubeError, path_template
 
 log = logging.getLogger(__name__)
 
-ROLLOUTS = {"v1beta1": "/apis/rollouts.kruise.io/v1beta1/namespaces/{ns}/rollouts",
-            "v1alpha1": "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/rollouts"}
-TRAFFIC_ROUTINGS = "/apis/rollouts.kruise.io/v1alpha1/namespaces/{ns}/trafficroutings"
-INGRESSES = "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses"
+ROLLOUTS = {"v1beta1": path_template("Rollout"), "v1alpha1": path_template("Rollout/v1alpha1")}
+TRAFFIC_ROUTINGS = path_template("TrafficRouting")
+INGRESSES = path_template("Ingress")
 
 
-class Conflict(Exception):
-    """A write lost a race (HTTP 409): the pass stops there and runs again from a fresh read."""
+class LostRace(Exception):
+    """An entry Ingress write lost a race (HTTP 409): the pass stops there and runs again from a fresh read."""
 
 
 #: Event reasons on each Rollout of a namespace when Kruise's manager stops / starts answering
@@ -276,7 +275,7 @@ class KruiseMode:
                 self._dirty.discard(namespace)
             try:
                 self.reconcile(namespace)
-            except Conflict as e:      # an ordinary race: pass again at once, from a fresh read
+            except LostRace as e:      # an ordinary race: pass again at once, from a fresh read
                 log.info("Kruise pass for %s: %s; passing again", namespace, e)
                 time.sleep(0.1)
                 with self._guard:
@@ -350,15 +349,14 @@ class KruiseMode:
 
     def _write_entries(self, namespace: str, p: k.Plan) -> None:
         """The entry Ingresses (before the table: see the module docstring), and one line when they change."""
-        from urllib.parse import quote
         for name, body in sorted(p.ingresses.items()):
             try:
-                self.kube.request("PUT", INGRESSES.format(ns=quote(namespace)) + "/" + quote(name), body=body)
+                self.kube.replace("Ingress", namespace, name, body)
             except KubeError as e:
                 if e.status == 404:      # Kruise deleted its canary Ingress meanwhile: nothing left to undo
                     continue
                 if e.status == 409:      # changed since the read (Kruise's script): stop before the table write
-                    raise Conflict(f"Ingress {namespace}/{name} changed since it was read") from e
+                    raise LostRace(f"Ingress {namespace}/{name} changed since it was read") from e
                 raise
             ann = d.meta(body).get("annotations") or {}
             log.info("Kruise entry Ingress %s/%s: %s", namespace, name,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import random
+import time
+from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
 from . import names as n
@@ -18,24 +20,88 @@ log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
 
+GW_GROUP = "gateway.networking.k8s.io"
+KRUISE_GROUP = "rollouts.kruise.io"
+
+#: every kind's collection path (`{ns}`: the namespace; cluster-scoped kinds have none). The only place the
+#: controller spells a REST path of a kind (API discovery paths aside).
 _PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
     "Event": "/api/v1/namespaces/{ns}/events",
+    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     "GrayRelease": f"/apis/{n.GROUP}/{n.VERSION}/namespaces/{{ns}}/{n.RELEASES}",
     "Lane": f"/apis/{n.GROUP}/{n.VERSION}/namespaces/{{ns}}/{n.LANES}",
     "MutatingWebhookConfiguration": "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+    "HTTPRoute": f"/apis/{GW_GROUP}/v1/namespaces/{{ns}}/httproutes",
+    "Gateway": f"/apis/{GW_GROUP}/v1/namespaces/{{ns}}/gateways",
+    "GatewayClass": f"/apis/{GW_GROUP}/v1/gatewayclasses",
+    "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses",
+    # Kruise Rollout serves two versions; kruise_io picks the one discovery says is served
+    "Rollout": f"/apis/{KRUISE_GROUP}/v1beta1/namespaces/{{ns}}/rollouts",
+    "Rollout/v1alpha1": f"/apis/{KRUISE_GROUP}/v1alpha1/namespaces/{{ns}}/rollouts",
+    "TrafficRouting": f"/apis/{KRUISE_GROUP}/v1alpha1/namespaces/{{ns}}/trafficroutings",
 }
 
 
+def path_template(kind: str) -> str:
+    """The collection path of `kind` with `{ns}` unfilled (for callers that format it themselves)."""
+    return _PATHS[kind]
+
+
 class KubeError(Exception):
+    """An API answer outside 2xx; `.status` is the HTTP status, `.body` the parsed Status object if any."""
+
     def __init__(self, status: int, message: str, body: Any = None):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.body = body
+
+
+class NotFound(KubeError):
+    """404: the object, or its whole API (a CRD not installed), is not there."""
+
+
+class Conflict(KubeError):
+    """409: a write carried a stale resourceVersion, or a create found the name taken."""
+
+
+_ERRORS: dict[int, type[KubeError]] = {404: NotFound, 409: Conflict}
+
+
+def error_for(status: int, message: str, body: Any = None) -> KubeError:
+    """The KubeError (subclass) for an HTTP status: NotFound for 404, Conflict for 409, else KubeError."""
+    return _ERRORS.get(status, KubeError)(status, message, body)
+
+
+T = TypeVar("T")
+
+
+def retry_on_conflict(fn: Callable[[], T], attempts: int = 5, *, delay: float = 0.01, factor: float = 1.0,
+                      jitter: float = 0.1, retriable: tuple[type[BaseException], ...] = (Conflict,),
+                      sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call `fn` (which must read the object afresh, build the change and write it) until it returns without a
+    Conflict, at most `attempts` times; return what it returned. Modelled on client-go's
+    `retry.RetryOnConflict(retry.DefaultRetry, fn)`: 5 attempts, 10 ms apart (+ up to 10 % jitter, x `factor`
+    each time); any other error is raised at once; when every attempt conflicted, the last Conflict is raised.
+    `retriable` widens what is retried (like client-go's `retry.OnError`), e.g. `(Conflict, NotFound)` for a
+    write racing a delete."""
+    if attempts < 1:
+        raise ValueError("attempts must be >= 1")
+    wait = delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except retriable:
+            if attempt == attempts:
+                raise
+        sleep(wait * (1 + jitter * random.random()))
+        wait *= factor
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Kube:
@@ -75,7 +141,7 @@ class Kube:
                 parsed = data.decode(errors="replace")
         if not 200 <= status <= 299:
             message = parsed.get("message") if isinstance(parsed, dict) else str(parsed)
-            raise KubeError(status, message or "", parsed)
+            raise error_for(status, message or "", parsed)
         return parsed
 
     @staticmethod
@@ -91,10 +157,8 @@ class Kube:
     def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
         try:
             return self.request("GET", self.path(kind, namespace, name))
-        except KubeError as e:
-            if e.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict]:
         body = self.request("GET", self.path(kind, namespace), query={"labelSelector": label_selector})
@@ -124,10 +188,8 @@ class Kube:
         try:
             self.request("DELETE", self.path(kind, namespace, name), body=body)
             return True
-        except KubeError as e:
-            if e.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
 
 
 def api_client_from(kubeconfig: str | None = None, context: str | None = None) -> Any:

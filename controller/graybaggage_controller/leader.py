@@ -38,12 +38,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import names as n
-from .kube import Kube, KubeError
+from .kube import Conflict, Kube, NotFound, retry_on_conflict
 
 log = logging.getLogger(__name__)
 
-LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
-SECRET_PATH = "/api/v1/namespaces/{ns}/secrets"
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 TLS_FILES = ("ca.crt", "tls.crt", "tls.key")
 
@@ -141,16 +139,10 @@ class LeaderElector:
                     self._leading.clear()
             self._stop.wait(self.retry_period)
 
-    def _path(self, name: str | None = None) -> str:
-        p = LEASE_PATH.format(ns=self.namespace)
-        return f"{p}/{name}" if name else p
-
     def _try_acquire_or_renew(self) -> bool:
         try:
-            lease = self.kube.request("GET", self._path(self.name))
-        except KubeError as e:
-            if e.status != 404:
-                raise
+            lease = self.kube.request("GET", Kube.path("Lease", self.namespace, self.name))
+        except NotFound:
             lease = None
         now = _micro_time()
         duration = int(math.ceil(self.lease_duration))
@@ -161,11 +153,9 @@ class LeaderElector:
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": duration,
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                self.kube.request("POST", self._path(), body=body)
-            except KubeError as e:
-                if e.status == 409:
-                    return False
-                raise
+                self.kube.request("POST", Kube.path("Lease", self.namespace), body=body)
+            except Conflict:
+                return False
             self._observed, self._observed_at = (self.identity, now), self.clock()
             return True
         spec = dict(lease.get("spec") or {})
@@ -185,24 +175,22 @@ class LeaderElector:
         spec.update(holderIdentity=self.identity, leaseDurationSeconds=duration, renewTime=now)
         lease["spec"] = spec
         try:
-            self.kube.request("PUT", self._path(self.name), body=lease)
-        except KubeError as e:
-            if e.status == 409:                 # someone else wrote it first: not ours this round
-                return False
-            raise
+            self.kube.request("PUT", Kube.path("Lease", self.namespace, self.name), body=lease)
+        except Conflict:                        # someone else wrote it first: not ours this round
+            return False
         self._observed, self._observed_at = (self.identity, now), self.clock()
         return True
 
     def _release(self) -> None:
         try:
-            lease = self.kube.request("GET", self._path(self.name))
+            lease = self.kube.request("GET", Kube.path("Lease", self.namespace, self.name))
             spec = dict(lease.get("spec") or {})
             if spec.get("holderIdentity") != self.identity:
                 return
             spec.pop("holderIdentity", None)
             spec.update(leaseDurationSeconds=1, renewTime=_micro_time())
             lease["spec"] = spec
-            self.kube.request("PUT", self._path(self.name), body=lease)
+            self.kube.request("PUT", Kube.path("Lease", self.namespace, self.name), body=lease)
             log.info("leader election: %s released the lease %s/%s", self.identity, self.namespace, self.name)
         except Exception:
             log.warning("leader election: could not release the lease (it expires by itself)", exc_info=True)
@@ -241,13 +229,10 @@ def shared_webhook_tls(kube: Kube, namespace: str, name: str, directory: str, ho
     """
     from .certs import self_signed
 
-    path = SECRET_PATH.format(ns=namespace)
-    for _attempt in range(5):
+    def attempt() -> None:
         try:
-            secret = kube.request("GET", f"{path}/{name}")
-        except KubeError as e:
-            if e.status != 404:
-                raise
+            secret = kube.request("GET", Kube.path("Secret", namespace, name))
+        except NotFound:
             secret = None
         data = (secret or {}).get("data") or {}
         if _usable(data, hosts[0], min_valid_days):
@@ -259,18 +244,15 @@ def shared_webhook_tls(kube: Kube, namespace: str, name: str, directory: str, ho
             return
         self_signed(directory, hosts)
         fresh = {f: base64.b64encode((Path(directory) / f).read_bytes()).decode() for f in TLS_FILES}
-        try:
-            if secret is None:
-                kube.request("POST", path, body={
-                    "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": fresh,
-                    "metadata": {"name": name, "namespace": namespace,
-                                 "labels": {n.MANAGED_BY_LABEL: n.MANAGED_BY}}})
-            else:
-                secret["data"] = {**data, **fresh}
-                kube.request("PUT", f"{path}/{name}", body=secret)
-            log.info("webhook certificate for %s stored in Secret %s/%s", hosts[0], namespace, name)
-            return
-        except KubeError as e:
-            if e.status != 409:
-                raise
-    raise RuntimeError(f"could not store the webhook certificate in Secret {namespace}/{name} (conflicts)")
+        if secret is None:
+            kube.request("POST", Kube.path("Secret", namespace), body={
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": fresh,
+                "metadata": {"name": name, "namespace": namespace, "labels": {n.MANAGED_BY_LABEL: n.MANAGED_BY}}})
+        else:
+            secret["data"] = {**data, **fresh}
+            kube.request("PUT", Kube.path("Secret", namespace, name), body=secret)
+        log.info("webhook certificate for %s stored in Secret %s/%s", hosts[0], namespace, name)
+    try:    # whoever loses a race (409) reads the winner's
+        retry_on_conflict(attempt, attempts=5)
+    except Conflict as e:
+        raise RuntimeError(f"could not store the webhook certificate in Secret {namespace}/{name} (conflicts)") from e

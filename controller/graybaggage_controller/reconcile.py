@@ -18,7 +18,7 @@ from typing import Callable
 from . import desired as d
 from . import entry
 from . import names as n
-from .kube import JSONPATCH, MERGE, Kube, KubeError
+from .kube import JSONPATCH, MERGE, Conflict, Kube, KubeError, NotFound, retry_on_conflict
 from .plan import Action, Observed, Plan, Verb, plan_release
 
 log = logging.getLogger(__name__)
@@ -147,33 +147,31 @@ class Reconciler:
         try:
             updated = self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"metadata": {
                 "finalizers": fins + [n.FINALIZER], "resourceVersion": d.meta(obj)["resourceVersion"]}})
-        except KubeError as e:
-            if e.status in (404, 409):
-                return False        # changed or gone under us: the next event retries
-            raise
+        except (NotFound, Conflict):
+            return False        # changed or gone under us: the next event retries
         obj["metadata"] = updated["metadata"]
         return True
 
     def _release_finalizer(self, kind: str, obj: dict) -> bool:
         """Remove our finalizer (retrying on conflicts); True once it is gone (or the object is)."""
-        for _attempt in range(10):
-            current = self.kube.get(kind, d.meta(obj)["namespace"], d.meta(obj)["name"])
-            if current is None:
+        ns, name = d.meta(obj)["namespace"], d.meta(obj)["name"]
+
+        def attempt() -> bool:
+            current = self.kube.get(kind, ns, name)
+            fins = list(d.meta(current).get("finalizers") or []) if current is not None else []
+            if current is None or n.FINALIZER not in fins:
                 return True
-            fins = list(d.meta(current).get("finalizers") or [])
-            if n.FINALIZER not in fins:
-                return True
-            fins = [f for f in fins if f != n.FINALIZER]
             try:
-                self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"metadata": {
-                    "finalizers": fins or None, "resourceVersion": d.meta(current)["resourceVersion"]}})
-                return True
-            except KubeError as e:
-                if e.status == 404:
-                    return True
-                if e.status != 409:
-                    raise
-        return False
+                self.kube.patch(kind, ns, name, {"metadata": {
+                    "finalizers": [f for f in fins if f != n.FINALIZER] or None,
+                    "resourceVersion": d.meta(current)["resourceVersion"]}})
+            except NotFound:
+                pass
+            return True
+        try:
+            return retry_on_conflict(attempt, attempts=10)
+        except Conflict:
+            return False
 
     def execute(self, gr: dict, plan: Plan) -> None:
         ns, name = d.meta(gr)["namespace"], d.meta(gr)["name"]
@@ -184,71 +182,76 @@ class Reconciler:
                 self.events(gr, etype, reason, message)
             except Exception:  # events are best effort
                 log.debug("event not posted", exc_info=True)
-        if _status_view(gr.get("status")) != _status_view(plan.status):
-            body = {"status": dict(plan.status)}
-            old = gr.get("status") or {}
-            for key in old:
-                if key not in body["status"] and key != "kopf":
-                    body["status"][key] = None
-            if old.get("routes"):
-                # merge patch merges maps: drop old routes explicitly
-                body["status"]["routes"] = {**{k: None for k in old["routes"] if k not in plan.routes},
-                                            **plan.routes} or None
-            try:
-                self.kube.patch("GrayRelease", ns, name, body, sub="status")
-            except KubeError as e:
-                if e.status != 404:
-                    raise
+        self._write_status("GrayRelease", gr, plan.status)
+
+    def _write_status(self, kind: str, obj: dict, want: dict) -> bool:
+        """The one status writer (GrayRelease, Lane): when `want` differs from the object's status (kopf's
+        bookkeeping and condition timestamps aside), a merge patch of the status subresource that also nulls
+        what `want` dropped: keys, and the entries of map-valued keys (a merge patch merges maps: a GrayRelease's
+        `routes`, a Lane's `entry`). An object deleted meanwhile is no error. True when written."""
+        old = obj.get("status") or {}
+        if _status_view(old) == _status_view(want):
+            return False
+        body = {**{k: None for k in old if k != "kopf"}, **want}
+        for key, was in old.items():
+            if key != "kopf" and was and isinstance(was, dict) and isinstance(want.get(key), dict):
+                body[key] = {**{k: None for k in was if k not in want[key]}, **want[key]}
+        try:
+            self.kube.patch(kind, d.meta(obj)["namespace"], d.meta(obj)["name"], {"status": body}, sub="status")
+        except NotFound:
+            pass
+        return True
 
     def _apply(self, ns: str, release: str, act: Action, plan: Plan) -> None:
-        k = self.kube
         if act.verb != Verb.TABLE:
             log.info("%s/%s: %s %s %s %s", ns, release, act.verb, act.kind, act.name,
                      json.dumps(act.body)[:300] if act.verb in (Verb.PATCH, Verb.PATCH_RELEASE) else "")
-        if act.verb == Verb.TABLE:
-            self.sync_table(ns, overrides={release: plan.routes}, queue_overrides={release: plan.queues})
-            if ns in self._entry_namespaces:    # move the entry route with the table, before gray objects go
-                try:
-                    self.sync_entries(ns, overrides={release: plan.routes})
-                except Exception:
-                    log.exception("%s: entry routing not synced (the Lane's next pass retries)", ns)
-        elif act.verb == Verb.CREATE:
+        run = self._EXECUTE.get(act.verb)
+        if run is None:
+            raise ValueError(f"no executor for verb {act.verb!r}")
+        run(self, ns, release, act, plan)
+
+    # one small method per verb, dispatched by _EXECUTE (each: ns, release name, action, whole plan)
+    def _do_table(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        self.sync_table(ns, overrides={release: plan.routes}, queue_overrides={release: plan.queues})
+        if ns in self._entry_namespaces:    # move the entry route with the table, before gray objects go
             try:
-                k.create(act.kind, ns, act.body)
-            except KubeError as e:
-                if e.status != 409:
-                    raise
-        elif act.verb == Verb.UPDATE:
-            current = k.get(act.kind, ns, act.name)
-            if current is None:
-                k.create(act.kind, ns, act.body)
-                return
-            body = copy.deepcopy(current)
-            body.pop("status", None)
-            m = body["metadata"]
-            m["labels"] = {**(m.get("labels") or {}), **act.body["metadata"].get("labels", {})}
-            m["annotations"] = {**(m.get("annotations") or {}), **act.body["metadata"].get("annotations", {})}
-            m["ownerReferences"] = act.body["metadata"]["ownerReferences"]
-            if act.kind == "Service":
-                body["spec"]["ports"] = act.body["spec"]["ports"]
-                body["spec"]["selector"] = act.body["spec"]["selector"]
-            else:
-                body["spec"] = act.body["spec"]
-            k.replace(act.kind, ns, act.name, body)
-        elif act.verb == Verb.DELETE:
-            k.delete(act.kind, ns, act.name)
-        elif act.verb == Verb.PATCH:
-            try:
-                k.patch(act.kind, ns, act.name, act.body, MERGE)
-            except KubeError as e:
-                if e.status != 404:
-                    raise
-        elif act.verb == Verb.JSONPATCH:
-            k.patch(act.kind, ns, act.name, act.body, JSONPATCH)
-        elif act.verb == Verb.PATCH_RELEASE:
-            k.patch("GrayRelease", ns, act.name, act.body, MERGE)
-        else:  # pragma: no cover
-            raise ValueError(act.verb)
+                self.sync_entries(ns, overrides={release: plan.routes})
+            except Exception:
+                log.exception("%s: entry routing not synced (the Lane's next pass retries)", ns)
+
+    def _do_create(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        try:
+            self.kube.create(act.kind, ns, act.body)
+        except Conflict:        # already there: the next pass compares it with what we want
+            pass
+
+    def _do_update(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        current = self.kube.get(act.kind, ns, act.name)
+        if current is None:
+            self.kube.create(act.kind, ns, act.body)
+        else:
+            self.kube.replace(act.kind, ns, act.name, d.merged_for_update(act.kind, current, act.body))
+
+    def _do_delete(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        self.kube.delete(act.kind, ns, act.name)
+
+    def _do_patch(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        try:
+            self.kube.patch(act.kind, ns, act.name, act.body, MERGE)
+        except NotFound:
+            pass
+
+    def _do_jsonpatch(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        self.kube.patch(act.kind, ns, act.name, act.body, JSONPATCH)
+
+    def _do_patch_release(self, ns: str, release: str, act: Action, plan: Plan) -> None:
+        self.kube.patch("GrayRelease", ns, act.name, act.body, MERGE)
+
+    _EXECUTE: dict[Verb, Callable[["Reconciler", str, str, Action, Plan], None]] = {
+        Verb.TABLE: _do_table, Verb.CREATE: _do_create, Verb.UPDATE: _do_update, Verb.DELETE: _do_delete,
+        Verb.PATCH: _do_patch, Verb.JSONPATCH: _do_jsonpatch, Verb.PATCH_RELEASE: _do_patch_release,
+    }
 
     # ------------------------------------------------------------------------------------ lane table
     def lane_table(self, namespace: str, lanes: list[dict], releases: list[dict],
@@ -263,43 +266,44 @@ class Reconciler:
                    queue_overrides: dict[str, list[str]] | None = None) -> dict | None:
         """Rebuild the namespace's lane table from all Lanes and GrayReleases; write only if it changed."""
         with self.lock(namespace):
-            for _attempt in range(8):
-                lanes = self.kube.list("Lane", namespace)
-                releases = self.kube.list("GrayRelease", namespace)
-                want = self.lane_table(namespace, lanes, releases, overrides, queue_overrides)
-                cm = self.kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)
-                if cm is not None and d.labels_of(cm).get(n.MANAGED_BY_LABEL) != n.MANAGED_BY:
-                    log.warning("ConfigMap %s/%s is not managed by graybaggage; not touching it",
-                                namespace, n.TABLE_CONFIGMAP)
-                    return None
-                try:
-                    if not want["lanes"]:
-                        if cm is not None:
-                            self.kube.delete("ConfigMap", namespace, n.TABLE_CONFIGMAP,
-                                             resource_version=d.meta(cm).get("resourceVersion"))
-                        return None
-                    current = d.parse_lane_table((cm or {}).get("data", {}).get(n.TABLE_KEY))
-                    if d.same_table(current, want):
-                        return current
-                    try:
-                        revision = int((current or {}).get("revision", 0)) + 1
-                    except (TypeError, ValueError):
-                        revision = 1
-                    body = d.lane_table_configmap(namespace, d.render_lane_table(want, revision))
-                    if cm is None:
-                        self.kube.create("ConfigMap", namespace, body)
-                    else:
-                        merged = copy.deepcopy(cm)
-                        merged["data"] = {**(cm.get("data") or {}), **body["data"]}
-                        self.kube.replace("ConfigMap", namespace, n.TABLE_CONFIGMAP, merged)
-                    log.info("lane table %s/%s revision %s: %s", namespace, n.TABLE_CONFIGMAP, revision,
-                             json.dumps(want["lanes"], sort_keys=True))
-                    return want
-                except KubeError as e:
-                    if e.status in (409, 404):   # conflict / raced create or delete: rebuild and retry
-                        continue
-                    raise
-            raise RuntimeError(f"could not write lane table in {namespace} (conflicts)")
+            try:     # Conflict: a stale read; NotFound: a raced delete. Either way: read again, rebuild, write
+                return retry_on_conflict(lambda: self._write_table(namespace, overrides, queue_overrides),
+                                         attempts=8, retriable=(Conflict, NotFound))
+            except (Conflict, NotFound) as e:
+                raise RuntimeError(f"could not write lane table in {namespace} (conflicts)") from e
+
+    def _write_table(self, namespace: str, overrides: dict[str, dict[str, str]] | None,
+                     queue_overrides: dict[str, list[str]] | None) -> dict | None:
+        """One read-build-write of the lane table (sync_table retries it on conflicts)."""
+        lanes = self.kube.list("Lane", namespace)
+        releases = self.kube.list("GrayRelease", namespace)
+        want = self.lane_table(namespace, lanes, releases, overrides, queue_overrides)
+        cm = self.kube.get("ConfigMap", namespace, n.TABLE_CONFIGMAP)
+        if cm is not None and d.labels_of(cm).get(n.MANAGED_BY_LABEL) != n.MANAGED_BY:
+            log.warning("ConfigMap %s/%s is not managed by graybaggage; not touching it", namespace, n.TABLE_CONFIGMAP)
+            return None
+        if not want["lanes"]:
+            if cm is not None:
+                self.kube.delete("ConfigMap", namespace, n.TABLE_CONFIGMAP,
+                                 resource_version=d.meta(cm).get("resourceVersion"))
+            return None
+        current = d.parse_lane_table((cm or {}).get("data", {}).get(n.TABLE_KEY))
+        if d.same_table(current, want):
+            return current
+        try:
+            revision = int((current or {}).get("revision", 0)) + 1
+        except (TypeError, ValueError):
+            revision = 1
+        body = d.lane_table_configmap(namespace, d.render_lane_table(want, revision))
+        if cm is None:
+            self.kube.create("ConfigMap", namespace, body)
+        else:
+            merged = copy.deepcopy(cm)
+            merged["data"] = {**(cm.get("data") or {}), **body["data"]}
+            self.kube.replace("ConfigMap", namespace, n.TABLE_CONFIGMAP, merged)
+        log.info("lane table %s/%s revision %s: %s", namespace, n.TABLE_CONFIGMAP, revision,
+                 json.dumps(want["lanes"], sort_keys=True))
+        return want
 
     # ------------------------------------------------------------------------------------ entry routing
     def sync_entries(self, namespace: str, overrides: dict[str, dict[str, str]] | None = None,
@@ -365,32 +369,22 @@ class Reconciler:
                 want.update(d.lane_status_entry(lane, mine.conditions if mine else None,
                                                 mine.detail if mine else None, old,
                                                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))))
-                if _status_view(old) != _status_view(want):
-                    body = dict(want)
-                    for key in old:
-                        if key not in body and key != "kopf":
-                            body[key] = None
-                    try:
-                        self.kube.patch("Lane", namespace, name, {"status": body}, sub="status")
-                    except KubeError as e:
-                        if e.status != 404:
-                            raise
+                self._write_status("Lane", lane, want)
             self.sync_table(namespace)
             return lane is None
 
     # ------------------------------------------------------------------------------------ webhook config
     def apply_webhook_configuration(self, body: dict) -> None:
+        """Create the MutatingWebhookConfiguration, or replace its webhooks (labels merged) keeping the rest."""
         name = body["metadata"]["name"]
-        current = self.kube.get("MutatingWebhookConfiguration", None, name)
-        if current is None:
-            try:
-                self.kube.create("MutatingWebhookConfiguration", None, body)
+
+        def attempt() -> None:
+            current = self.kube.get("MutatingWebhookConfiguration", None, name)
+            if current is None:
+                self.kube.create("MutatingWebhookConfiguration", None, body)  # created meanwhile: Conflict, again
                 return
-            except KubeError as e:
-                if e.status != 409:
-                    raise
-                current = self.kube.get("MutatingWebhookConfiguration", None, name)
-        merged = copy.deepcopy(current)
-        merged["webhooks"] = body["webhooks"]
-        merged.setdefault("metadata", {}).setdefault("labels", {}).update(body["metadata"].get("labels") or {})
-        self.kube.replace("MutatingWebhookConfiguration", None, name, merged)
+            merged = copy.deepcopy(current)
+            merged["webhooks"] = body["webhooks"]
+            merged.setdefault("metadata", {}).setdefault("labels", {}).update(body["metadata"].get("labels") or {})
+            self.kube.replace("MutatingWebhookConfiguration", None, name, merged)
+        retry_on_conflict(attempt)

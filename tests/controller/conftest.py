@@ -83,7 +83,7 @@ class ControllerProcess:
             [sys.executable, "-m", "graybaggage_controller", "--namespace", self.namespace,
              "--kubeconfig", self.cluster.kubeconfig, "--resync", "0.5",
              "--webhook-port", str(self.port), "--webhook-name", self.webhook_name,
-             "--tls-dir", str(self.workdir / "tls"), *self.extra_args],
+             "--tls-dir", str(self.workdir / "tls"), *self.extra_args, *(["-v"] if os.environ.get("GB_CTL_VERBOSE") else [])],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True,
             preexec_fn=_set_pdeathsig)  # dies with the test run, even if pytest itself is killed
         log.close()

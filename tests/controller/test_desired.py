@@ -303,3 +303,62 @@ def test_lane_table_queues_are_read_by_the_library():
         "lane-table.schema.json"
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(json.loads(d.render_lane_table(t, 4)), json.loads(schema_path.read_text()))
+
+
+# ---------------------------------------------------------------------------------------------- merge for update
+
+def _current(kind):
+    spec = ({"clusterIP": "10.96.0.7", "clusterIPs": ["10.96.0.7"], "ipFamilies": ["IPv4"], "sessionAffinity": "ClientIP",
+             "type": "ClusterIP", "selector": {"app": "a", "old": "1"},
+             "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+            if kind == "Service" else {"replicas": 3, "paused": True, "selector": {"matchLabels": {"app": "a"}}})
+    return {"apiVersion": "v1" if kind == "Service" else "apps/v1", "kind": kind,
+            "metadata": {"name": "a-gray", "namespace": NS, "uid": "u-1", "resourceVersion": "7",
+                         "labels": {"user": "1", "shared": "theirs"}, "annotations": {"note": "x", "shared": "theirs"},
+                         "ownerReferences": [{"kind": "GrayRelease", "name": "old", "uid": "old"}]},
+            "spec": spec, "status": {"observed": 1}}
+
+
+def _want(kind, owners=True):
+    spec = ({"selector": {"app": "a", n.LANE_LABEL: "gray"},
+             "ports": [{"name": "http", "port": 80, "targetPort": 9090, "protocol": "TCP"}]}
+            if kind == "Service" else {"replicas": 1, "selector": {"matchLabels": {"app": "a"}}})
+    meta = {"name": "a-gray", "namespace": NS, "labels": {"shared": "ours", n.MANAGED_BY_LABEL: n.MANAGED_BY},
+            "annotations": {"shared": "ours"}}
+    if owners:
+        meta["ownerReferences"] = [{"kind": "GrayRelease", "name": "rollout-a", "uid": "uid-rollout-a"}]
+    return {"apiVersion": "v1", "kind": kind, "metadata": meta, "spec": spec}
+
+
+MERGE_ROWS = [
+    # (rule, kind, want owners?, what to look at, expected)
+    ("the status goes (a replace does not write it)", "Service", True, lambda o: "status" in o, False),
+    ("labels merged, ours win", "Service", True, lambda o: o["metadata"]["labels"],
+     {"user": "1", "shared": "ours", n.MANAGED_BY_LABEL: n.MANAGED_BY}),
+    ("annotations merged, ours win", "Deployment", True, lambda o: o["metadata"]["annotations"],
+     {"note": "x", "shared": "ours"}),
+    ("ownerReferences are ours", "Deployment", True, lambda o: o["metadata"]["ownerReferences"],
+     [{"kind": "GrayRelease", "name": "rollout-a", "uid": "uid-rollout-a"}]),
+    ("ownerReferences kept when we have none", "Service", False, lambda o: o["metadata"]["ownerReferences"],
+     [{"kind": "GrayRelease", "name": "old", "uid": "old"}]),
+    ("resourceVersion and uid stay the ones read (a change in between conflicts)", "Service", True,
+     lambda o: (o["metadata"]["resourceVersion"], o["metadata"]["uid"]), ("7", "u-1")),
+    ("Service: what the API server or the user set is kept", "Service", True,
+     lambda o: {k: o["spec"][k] for k in ("clusterIP", "clusterIPs", "ipFamilies", "sessionAffinity", "type")},
+     {"clusterIP": "10.96.0.7", "clusterIPs": ["10.96.0.7"], "ipFamilies": ["IPv4"], "sessionAffinity": "ClientIP",
+      "type": "ClusterIP"}),
+    ("Service: the ports are ours", "Service", True, lambda o: o["spec"]["ports"],
+     [{"name": "http", "port": 80, "targetPort": 9090, "protocol": "TCP"}]),
+    ("Service: the selector is ours (a key we do not want is gone)", "Service", True, lambda o: o["spec"]["selector"],
+     {"app": "a", n.LANE_LABEL: "gray"}),
+    ("any other kind: the whole spec is ours", "Deployment", True, lambda o: o["spec"],
+     {"replicas": 1, "selector": {"matchLabels": {"app": "a"}}}),
+]
+
+
+@pytest.mark.parametrize("rule,kind,owners,look,expected", MERGE_ROWS, ids=[r[0] for r in MERGE_ROWS])
+def test_merged_for_update(rule, kind, owners, look, expected):
+    current, want = _current(kind), _want(kind, owners)
+    before = copy.deepcopy((current, want))
+    assert look(d.merged_for_update(kind, current, want)) == expected
+    assert (current, want) == before        # pure: neither input is changed

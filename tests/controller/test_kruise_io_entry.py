@@ -9,7 +9,7 @@ import contextlib
 import pytest
 
 from graybaggage_controller import kruise as k
-from graybaggage_controller.kruise_io import Conflict, KruiseMode
+from graybaggage_controller.kruise_io import KruiseMode, LostRace
 from graybaggage_controller.kube import KubeError
 
 from .test_kruise import ingress, kruise_canary, routed, traffic_routing, world
@@ -33,8 +33,8 @@ class Stub:
     def delete(self, kind, ns, name, **_):
         self.calls.append(("delete", kind, name))
 
-    def request(self, method, path, body=None, **_):
-        self.calls.append((method, "Ingress", path.rsplit("/", 1)[-1]))
+    def replace(self, kind, ns, name, body):
+        self.calls.append(("PUT", kind, name))
         if self.put_error:
             raise KubeError(self.put_error, "stub", {})
         return body
@@ -87,7 +87,7 @@ def test_leaving_undo_before_the_table():
 
 def test_conflict_stops_the_pass_before_the_table():
     m, stub = mode(seen([ingress(), kruise_canary()]), put_error=409)
-    with pytest.raises(Conflict):
+    with pytest.raises(LostRace):
         m.reconcile("default")
     assert ("table",) not in stub.calls and "default" not in m._lanes
 

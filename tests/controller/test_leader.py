@@ -213,16 +213,16 @@ class FakeLeases:
         self.fail = False
 
     def request(self, method, path, body=None, **_):
-        from graybaggage_controller.kube import KubeError
+        from graybaggage_controller.kube import KubeError, error_for
         if self.fail:
             raise KubeError(503, "unavailable")
         if method == "GET":
             if self.obj is None:
-                raise KubeError(404, "not found")
+                raise error_for(404, "not found")
             return json.loads(json.dumps(self.obj))
         if method == "POST" and self.obj is not None or method == "PUT" and (
                 self.obj is None or body["metadata"].get("resourceVersion") != self.obj["metadata"]["resourceVersion"]):
-            raise KubeError(409, "conflict")
+            raise error_for(409, "conflict")
         self.rv += 1
         self.obj = json.loads(json.dumps(body))
         self.obj["metadata"]["resourceVersion"] = str(self.rv)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 
-from ..kube import Kube, KubeError
+from ..kube import Kube, NotFound
 from .model import (  # noqa: F401 - re-exported for the providers
     BAGGAGE,
     CLASS_TYPES,
@@ -21,7 +21,6 @@ from .model import (  # noqa: F401 - re-exported for the providers
     HTTPROUTE,
     INGRESS,
     MATCH_TYPES,
-    PATHS,
     Intent,
     Obj,
     Outcome,
@@ -29,7 +28,6 @@ from .model import (  # noqa: F401 - re-exported for the providers
     dye_rules,
     failed,
     inactive,
-    path,
     prefix_regex,
     re_escape,
     route_of,
@@ -43,23 +41,15 @@ log = logging.getLogger(__name__)
 
 def get(kube: Kube, kind: str, namespace: str | None, name: str) -> Obj | None:
     """GET; None when the object, or its whole API (CRD not installed), is missing."""
-    try:
-        return kube.request("GET", path(kind, namespace, name))
-    except KubeError as e:
-        if e.status == 404:
-            return None
-        raise
+    return kube.get(kind, namespace, name)
 
 
 def list_(kube: Kube, kind: str, namespace: str, label_selector: str | None = None) -> list[Obj] | None:
     """LIST; None when the API is not served."""
     try:
-        body = kube.request("GET", path(kind, namespace), query={"labelSelector": label_selector})
-    except KubeError as e:
-        if e.status == 404:
-            return None
-        raise
-    return body.get("items") or []
+        return kube.list(kind, namespace, label_selector)
+    except NotFound:
+        return None
 
 
 def api_served(kube: Kube, kind: str, namespace: str) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 
 from .. import desired as d
 from .. import names as n
-from ..kube import KubeError
+from ..kube import Conflict, KubeError, retry_on_conflict
 from . import base
 from .base import Intent, Outcome, condition, failed, inactive
 
@@ -374,29 +374,30 @@ class GatewayAPIProvider(base.Provider):
         return outcomes
 
     def _sync_route(self, name: str, intents: list[Intent]) -> dict[str, Outcome]:
-        for _attempt in range(8):
-            route = base.get(self.kube, "HTTPRoute", self.namespace, name)
-            if route is None:
-                return {it.tag: failed("RouteNotFound", f"HTTPRoute {name} not found") for it in intents}
-            clean = strip(route)
-            weighted = {it.tag for it in intents if it.active and not it.matches}
-            bf: dict[str, bool | str] = {}
-            if weighted:
-                verdict = self._backend_filters(clean)
-                bf = {tag: verdict for tag in weighted}
-            want, outcomes = program(clean, intents, bf)
-            if same(want, route):
-                return outcomes
-            try:
-                self.kube.request("PUT", base.path("HTTPRoute", self.namespace, name), body=want)
-                log.info("%s: HTTPRoute %s %s", self.namespace, name,
-                         "programmed" if n.ENTRY_ROUTING_ANN in (want["metadata"].get("annotations") or {})
-                         else "restored")
-                return outcomes
-            except KubeError as e:
-                if e.status == 409:
-                    continue
-                if e.status == 422:     # the API server refused our rules: say so, leave the route alone
-                    return {it.tag: failed("RouteRejected", f"HTTPRoute {name}: {e}") for it in intents}
-                raise
-        raise RuntimeError(f"HTTPRoute {self.namespace}/{name}: too many conflicts")
+        try:
+            return retry_on_conflict(lambda: self._sync_route_once(name, intents), attempts=8)
+        except Conflict as e:
+            raise RuntimeError(f"HTTPRoute {self.namespace}/{name}: too many conflicts") from e
+
+    def _sync_route_once(self, name: str, intents: list[Intent]) -> dict[str, Outcome]:
+        route = base.get(self.kube, "HTTPRoute", self.namespace, name)
+        if route is None:
+            return {it.tag: failed("RouteNotFound", f"HTTPRoute {name} not found") for it in intents}
+        clean = strip(route)
+        weighted = {it.tag for it in intents if it.active and not it.matches}
+        bf: dict[str, bool | str] = {}
+        if weighted:
+            verdict = self._backend_filters(clean)
+            bf = {tag: verdict for tag in weighted}
+        want, outcomes = program(clean, intents, bf)
+        if same(want, route):
+            return outcomes
+        try:
+            self.kube.replace("HTTPRoute", self.namespace, name, want)
+        except KubeError as e:
+            if e.status == 422:     # the API server refused our rules: say so, leave the route alone
+                return {it.tag: failed("RouteRejected", f"HTTPRoute {name}: {e}") for it in intents}
+            raise
+        log.info("%s: HTTPRoute %s %s", self.namespace, name,
+                 "programmed" if n.ENTRY_ROUTING_ANN in (want["metadata"].get("annotations") or {}) else "restored")
+        return outcomes

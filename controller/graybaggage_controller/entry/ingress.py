@@ -19,7 +19,7 @@ import logging
 from typing import Any, Mapping
 
 from .. import names as n
-from ..kube import KubeError
+from ..kube import Conflict, NotFound, retry_on_conflict
 from . import base
 from .base import Intent, Outcome, condition, failed, inactive
 
@@ -228,47 +228,40 @@ class IngressProvider(base.Provider):
         for cname in mine:
             if cname not in canaries:
                 log.info("%s: delete canary Ingress %s", ns, cname)
-                try:
-                    self.kube.request("DELETE", base.path("Ingress", ns, cname))
-                except KubeError as e:
-                    if e.status != 404:
-                        raise
+                self.kube.delete("Ingress", ns, cname)
         return outcomes
 
     def _write_canary(self, name: str, want: Obj, current: Obj | None) -> None:
         ns = self.namespace
         if current is None:
             try:
-                self.kube.request("POST", base.path("Ingress", ns), body=want)
+                self.kube.create("Ingress", ns, want)
                 log.info("%s: created canary Ingress %s", ns, name)
-            except KubeError as e:
-                if e.status != 409:
-                    raise
+            except Conflict:
+                pass
             return
         if _same(current, want):
             return
         body = copy.deepcopy(want)
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         try:
-            self.kube.request("PUT", base.path("Ingress", ns, name), body=body)
-        except KubeError as e:
-            if e.status not in (404, 409):    # next pass retries
-                raise
+            self.kube.replace("Ingress", ns, name, body)
+        except (NotFound, Conflict):    # next pass retries
+            pass
 
     def _write_stable(self, name: str, items: list[str]) -> None:
         ns = self.namespace
-        for _attempt in range(8):
+
+        def attempt() -> None:
             current = base.get(self.kube, "Ingress", ns, name)
             if current is None:
                 return
             want = program_stable(strip_stable(current), self.remove_key, items)
             if _same(current, want):
                 return
-            try:
-                self.kube.request("PUT", base.path("Ingress", ns, name), body=want)
-                log.info("%s: Ingress %s %s", ns, name, "annotated" if items else "restored")
-                return
-            except KubeError as e:
-                if e.status != 409:
-                    raise
-        raise RuntimeError(f"Ingress {ns}/{name}: too many conflicts")
+            self.kube.replace("Ingress", ns, name, want)
+            log.info("%s: Ingress %s %s", ns, name, "annotated" if items else "restored")
+        try:
+            retry_on_conflict(attempt, attempts=8)
+        except Conflict as e:
+            raise RuntimeError(f"Ingress {ns}/{name}: too many conflicts") from e

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Iterable, Mapping
-from urllib.parse import quote
 
 from .. import names as n
 
@@ -31,12 +30,6 @@ MATCH_TYPES = ("Exact", "RegularExpression", "Prefix")
 BAGGAGE = "baggage"
 
 GW_GROUP = "gateway.networking.k8s.io"
-PATHS = {
-    "HTTPRoute": f"/apis/{GW_GROUP}/v1/namespaces/{{ns}}/httproutes",
-    "Gateway": f"/apis/{GW_GROUP}/v1/namespaces/{{ns}}/gateways",
-    "GatewayClass": f"/apis/{GW_GROUP}/v1/gatewayclasses",
-    "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +190,3 @@ def re_escape(text: str) -> str:
 
 def prefix_regex(value: str) -> str:
     return "^" + re_escape(value)
-
-
-def path(kind: str, namespace: str | None, name: str | None = None) -> str:
-    p = PATHS[kind].format(ns=quote(namespace or ""))
-    return p + "/" + quote(name) if name else p

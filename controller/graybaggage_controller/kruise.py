@@ -19,13 +19,47 @@ of one namespace, `plan()` derives what graybaggage adds so the seed's lanes wor
   Service empty); never pinned when the Rollout itself has
   `trafficRoutings` (Kruise pins then).
 
-Nothing here writes Kruise's objects: never the Deployment's pause, never the canary's template (Kruise finds
-its canary by template equality).
+Entry (`entry_plan()`): graybaggage takes over Kruise's own canary Ingress `<ingress>-canary` rather than adding a
+second one. Kruise makes it (a copy of the stable Ingress, backend the STABLE Service in the TrafficRouting mode,
+`<svc>-canary` with a Rollout's own `trafficRoutings`) and keeps only its canary annotations on it; graybaggage adds
+what MSE's agent did:
+
+- Higress (from its source: a header-matched canary route drops the stable route's header control and applies
+  the canary Ingress's own, so the stable's strip never removes the tag the canary sets): while the lane has a
+  member anywhere (a tag in the lane table), `higress.io/request-header-control-update:
+  <header> <tag>` on the canary Ingress (the requests Kruise's match sends to the canary get the lane header, so
+  every later hop follows the lane), and `higress.io/request-header-control-remove: <header>,baggage` on the
+  stable Ingress (a forged tag from outside is stripped, as for a Lane's Higress entry); while the entry Service
+  itself has a member, the canary Ingress's backend `<svc>-<tag>` (graybaggage's lane Service) instead of the
+  stable Service, which graybaggage pins to the stable pods;
+- ingress-nginx: the backend only. ingress-nginx has no annotation that sets a request header (only
+  `configuration-snippet`, often disabled and never written by graybaggage), so the header is not set: xiaoming
+  reaches `<svc>-<tag>` but later hops see no tag and go to base. The entry view says so (HeaderNotSet); a Lane
+  with a Gateway API entry sets the header;
+- any other class (mse, aliyun-alb): nothing (MSE's agent does the routing itself).
+
+Why not the Lua override (ConfigMap `kruise-rollout-configuration`, key `lua.traffic.routing.ingress.higress`):
+it is one script per class for the whole cluster, lives in Kruise's namespace (graybaggage would write a Kruise
+object), cannot know the lane Service or whether the lane has a ready member (its input is the Rollout step), and a
+Kruise upgrade that changes its built-in script would be masked. Kruise merge-patches only the annotations its
+script returns and never rewrites the canary Ingress's spec, so both edits sit beside Kruise's without a fight.
+Every change is recorded in `graybaggage.io/kruise-entry` on the Ingress it changed (JSON: each annotation's
+previous value, each backend's previous Service), and the desired object is always built from the undone one:
+a restarted controller converges to the same object, the undo is exact, and a copy of the stable Ingress's record
+that Kruise copies onto a new canary Ingress is undone there. The undo comes in the pass that drops the lane from
+the table (before it: the writes come first), and on approval, rollback or Rollout deletion (Terminating) the
+Ingresses go back before the lane Service can go.
+
+Nothing here writes Kruise's objects' spec or status: never the Deployment's pause, never the canary's template
+(Kruise finds its canary by template equality); the canary Ingress is the one Kruise object graybaggage edits, and
+only as above.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import re
 from typing import Any, Iterable, Mapping
 
@@ -44,7 +78,17 @@ PROGRESSING_FINALIZER = "progressing.rollouts.kruise.io/"
 ROLLOUT_LABEL = "graybaggage.io/kruise-rollout"
 #: PINNED_BY_ANN value prefix on a base Service pinned in Kruise mode
 PIN_PREFIX = "kruise:"
-LEAVING_REASONS = ("Finalising", "Cancelling", "Completed")
+LEAVING_REASONS = ("Finalising", "Cancelling", "Completed", "Terminating")
+#: reasons that promote the canary's version (Kruise resumes the base on the new template): unpin then
+PROMOTING_REASONS = ("Finalising", "Completed", "Approved", "Terminating")
+#: on an Ingress graybaggage changed in Kruise mode: JSON {"annotations": {key: previous value or null},
+#: "backends": {lane Service: previous Service}}
+ENTRY_ANN = "graybaggage.io/kruise-entry"
+HIGRESS_UPDATE = "higress.io/request-header-control-update"
+HIGRESS_REMOVE = "higress.io/request-header-control-remove"
+CANARY_INGRESS_SUFFIX = "-canary"
+#: the lane header when the TrafficRouting names none (graybaggage.config.DEFAULT_HEADER)
+DEFAULT_HEADER = "x-mse-tag"
 _TAG = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -70,6 +114,20 @@ class Plan:
     pins: dict[str, Obj]                             # base Service name -> merge patch (pin or unpin)
     views: list[RolloutView]
     managed: dict[str, str]                          # Deployment name -> Rollout name
+    ingresses: dict[str, Obj] = dataclasses.field(default_factory=dict)   # Ingress name -> object to write
+    entries: list["EntryView"] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class EntryView:
+    """What graybaggage does with one Ingress a Kruise TrafficRouting (or a Rollout's trafficRoutings) names."""
+    ingress: str                # the stable Ingress
+    canary: str                 # Kruise's canary Ingress
+    class_type: str
+    service: str
+    tag: str | None
+    state: str                  # one word: Routed / Dyeing / Idle / HeaderNotSet / NoCanary / NotKruise / Unsupported
+    message: str
 
 
 def _meta(o: Mapping[str, Any] | None) -> Obj:
@@ -130,7 +188,9 @@ def rollout_tag(rollout: Mapping[str, Any], traffic_routing: Mapping[str, Any] |
 
 def progress_reason(rollout: Mapping[str, Any]) -> str:
     """The Progressing condition's reason (Initializing / InRolling / Paused / Finalising / Cancelling /
-    Completed), or '' when there is none."""
+    Completed), `Terminating` for a Rollout being deleted (Kruise then finalises and resumes the base), or ''."""
+    if _meta(rollout).get("deletionTimestamp") or (rollout.get("status") or {}).get("phase") == "Terminating":
+        return "Terminating"
     for c in (rollout.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Progressing":
             return str(c.get("reason") or "")
@@ -208,8 +268,10 @@ def _user_services(services: Iterable[Mapping[str, Any]]) -> list[Obj]:
 
 def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mapping[str, Any]],
          deployments: Iterable[Mapping[str, Any]], replicasets: Iterable[Mapping[str, Any]],
-         pods: Iterable[Mapping[str, Any]], services: Iterable[Mapping[str, Any]]) -> Plan:
+         pods: Iterable[Mapping[str, Any]], services: Iterable[Mapping[str, Any]],
+         ingresses: Iterable[Mapping[str, Any]] = ()) -> Plan:
     rollouts = sorted(rollouts, key=lambda o: _meta(o).get("name") or "")
+    traffic_routings = list(traffic_routings)
     trs = {_meta(t).get("name"): t for t in traffic_routings}
     deploys = {_meta(x).get("name"): x for x in deployments}
     replicasets, pods, services = list(replicasets), list(pods), list(services)
@@ -297,7 +359,7 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
         # resumed, lost the race on a loaded machine (the deployment controller emptied the old ReplicaSet
         # before our pass: 0 endpoints); unpinned, the Service keeps the old and new base pods and, until Kruise
         # deletes it, the canary, which runs the version being promoted
-        if reason in ("Finalising", "Completed", "Approved"):
+        if reason in PROMOTING_REASONS:
             busy = False
         for svc in svcs:
             sname = _meta(svc)["name"]
@@ -324,7 +386,205 @@ def plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mappi
     services_out = [b for name_, b in sorted(wanted.items())
                     if name_ not in ours or d.service_differs(ours[name_], b)]
     delete = sorted(set(ours) - set(wanted))
-    return Plan(lanes, services_out, delete, pins, views, managed)
+    writes, entries = entry_plan(rollouts, traffic_routings, ingresses, lanes)
+    return Plan(lanes, services_out, delete, pins, views, managed, writes, entries)
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+def _entry_record(ing: Mapping[str, Any]) -> Obj | None:
+    """The record on an Ingress ({} without one); None when it cannot be read (someone edited it)."""
+    raw = (_meta(ing).get("annotations") or {}).get(ENTRY_ANN)
+    if raw is None:
+        return {"annotations": {}, "backends": {}}
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("annotations", {}), dict) \
+            or not isinstance(rec.get("backends", {}), dict):
+        return None
+    return {"annotations": rec.get("annotations") or {}, "backends": rec.get("backends") or {}}
+
+
+def _paths(ing: Obj) -> list[Obj]:
+    return [p for rule in (ing.get("spec") or {}).get("rules") or [] for p in ((rule.get("http") or {}).get("paths")
+                                                                               or [])]
+
+
+def undo_entry(ing: Mapping[str, Any]) -> Obj:
+    """The Ingress as it was before graybaggage changed it: every recorded annotation back to its previous value
+    (removed when it had none), every recorded backend back to its previous Service, the record removed."""
+    out = copy.deepcopy(dict(ing))
+    ann = dict(_meta(out).get("annotations") or {})
+    if ENTRY_ANN not in ann:
+        return out
+    rec = _entry_record(ing) or {"annotations": {}, "backends": {}}
+    for key, old in rec["annotations"].items():
+        if old is None:
+            ann.pop(key, None)
+        else:
+            ann[key] = str(old)
+    ann.pop(ENTRY_ANN, None)
+    out["metadata"] = dict(out.get("metadata") or {}, annotations=ann)
+    for p in _paths(out):
+        svc = (p.get("backend") or {}).get("service") or {}
+        if svc.get("name") in rec["backends"]:
+            svc["name"] = str(rec["backends"][svc["name"]])
+    return out
+
+
+def apply_entry(base: Mapping[str, Any], annotations: Mapping[str, str], backends: Mapping[str, str]) -> Obj:
+    """`base` (an undone Ingress) with `annotations` set and each path backend named a key of `backends` switched
+    to its value, every change recorded in ENTRY_ANN (no record when nothing changed)."""
+    out = copy.deepcopy(dict(base))
+    ann = dict(_meta(out).get("annotations") or {})
+    rec: Obj = {"annotations": {}, "backends": {}}
+    for key, value in sorted(annotations.items()):
+        if ann.get(key) != value:
+            rec["annotations"][key] = ann.get(key)
+            ann[key] = value
+    for p in _paths(out):
+        svc = (p.get("backend") or {}).get("service") or {}
+        new = backends.get(svc.get("name") or "")
+        if new and new != svc.get("name"):
+            rec["backends"][new] = svc["name"]
+            svc["name"] = new
+    if rec["annotations"] or rec["backends"]:
+        ann[ENTRY_ANN] = json.dumps(rec, sort_keys=True, separators=(",", ":"))
+    out["metadata"] = dict(out.get("metadata") or {}, annotations=ann)
+    return out
+
+
+def header_update(current: str | None, header: str, tag: str) -> str:
+    """Higress's `request-header-control-update` (one `Name Value` per line) with `header tag` set, other lines kept."""
+    lines = [ln for ln in str(current or "").splitlines()
+             if ln.strip() and ln.split()[0].lower() != header.lower()]
+    return "\n".join(lines + [f"{header} {tag}"])
+
+
+def header_remove(current: str | None, headers: Iterable[str]) -> str:
+    """Higress's `request-header-control-remove` (comma list) with `headers` added when missing."""
+    items = [h.strip() for h in str(current or "").split(",") if h.strip()]
+    have = {h.lower() for h in items}
+    return ",".join(items + [h for h in headers if h.lower() not in have])
+
+
+def _kruise_owned(ing: Mapping[str, Any]) -> bool:
+    return any(str(ref.get("apiVersion") or "").startswith(GROUP + "/")
+               for ref in _meta(ing).get("ownerReferences") or [])
+
+
+@dataclasses.dataclass
+class _EntryRef:
+    ingress: str
+    service: str
+    class_type: str
+    tag: str
+    header: str
+    rollouts: list[str]
+
+
+def entry_refs(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mapping[str, Any]]) -> list[_EntryRef]:
+    """Every Ingress a live Rollout routes through (its TrafficRouting's objectRef, or its own trafficRoutings),
+    with the lane tag and header; the first Rollout (by name) wins when two name different tags for one Ingress."""
+    trs = {_meta(t).get("name"): t for t in traffic_routings}
+    out: dict[str, _EntryRef] = {}
+    for r in sorted(rollouts, key=lambda o: _meta(o).get("name") or ""):
+        if _meta(r).get("deletionTimestamp"):
+            continue
+        tr_name = traffic_routing_name(r)
+        tr = trs.get(tr_name) if tr_name else None
+        tag = rollout_tag(r, tr)
+        if tag is None:
+            continue
+        header = header_tag(tr)[0] or DEFAULT_HEADER
+        refs = list(((tr or {}).get("spec") or {}).get("objectRef") or []) if tr else []
+        refs += list(canary_strategy(r).get("trafficRoutings") or [])
+        for ref in refs:
+            if not isinstance(ref, Mapping):
+                continue
+            ingress = ref.get("ingress") or {}
+            if not isinstance(ingress, Mapping) or not ingress.get("name") or not ref.get("service"):
+                continue
+            e = out.setdefault(str(ingress["name"]), _EntryRef(str(ingress["name"]), str(ref["service"]),
+                                                               str(ingress.get("classType") or "nginx"), tag,
+                                                               header, []))
+            if e.tag == tag:
+                e.rollouts.append(_meta(r).get("name") or "")
+    return [out[k] for k in sorted(out)]
+
+
+def entry_plan(rollouts: Iterable[Mapping[str, Any]], traffic_routings: Iterable[Mapping[str, Any]],
+               ingresses: Iterable[Mapping[str, Any]], lanes: Mapping[str, Mapping[str, str]]
+               ) -> tuple[dict[str, Obj], list[EntryView]]:
+    """(Ingress name -> the whole object to write, one view per entry Ingress): see the module docstring."""
+    by_name = {_meta(i).get("name"): i for i in ingresses}
+    want: dict[str, Obj] = {}
+    views: list[EntryView] = []
+    for e in entry_refs(rollouts, traffic_routings):
+        cname = e.ingress + CANARY_INGRESS_SUFFIX
+        stable, canary = by_name.get(e.ingress), by_name.get(cname)
+        routes = dict(lanes.get(e.tag) or {})
+        lane_svc = d.lane_name(e.service, e.tag)
+        member = routes.get(e.service) == lane_svc
+        view = EntryView(e.ingress, cname, e.class_type, e.service, e.tag, "Idle", f"lane {e.tag} has no member")
+        views.append(view)
+        higress = e.class_type == "higress"
+        if stable is not None:
+            dye = bool(routes) and higress and not (_meta(stable).get("annotations") or {}).get(n.ENTRY_ROUTING_ANN)
+            strip = {HIGRESS_REMOVE: header_remove((_meta(undo_entry(stable)).get("annotations") or {}).get(
+                HIGRESS_REMOVE), (e.header, "baggage"))} if dye else {}
+            want[e.ingress] = apply_entry(undo_entry(stable), strip, {})
+        if e.class_type not in ("higress", "nginx"):
+            view.state, view.message = "Unsupported", (f"classType {e.class_type}: graybaggage leaves its canary "
+                                                       "Ingress to Kruise")
+            continue
+        if canary is None:
+            if routes:
+                view.state, view.message = "NoCanary", f"Kruise's canary Ingress {cname} does not exist (yet)"
+            continue
+        if not _kruise_owned(canary):
+            view.state, view.message = "NotKruise", f"Ingress {cname} is not owned by Kruise: not taken over"
+            continue
+        base = undo_entry(canary)
+        if not routes:
+            want[cname] = base
+            continue
+        annotations = {HIGRESS_UPDATE: header_update((_meta(base).get("annotations") or {}).get(HIGRESS_UPDATE),
+                                                     e.header, e.tag)} if higress else {}
+        backends = {e.service: lane_svc, e.service + "-canary": lane_svc} if member else {}
+        want[cname] = apply_entry(base, annotations, backends)
+        target = lane_svc if member else e.service
+        if higress:
+            view.state = "Routed" if member else "Dyeing"
+            view.message = f"{cname}: header {e.header}: {e.tag}, backend {target}; {e.ingress} strips {e.header}"
+        else:
+            view.state = "HeaderNotSet"
+            view.message = (f"{cname}: backend {target}; ingress-nginx has no annotation that sets a request header, "
+                            f"so {e.header}: {e.tag} is not set and later hops route to base (use a Lane with a "
+                            "Gateway API entry to set it)")
+    # an Ingress graybaggage changed that no Rollout routes through any more: undone
+    for name, ing in by_name.items():
+        if name not in want and ENTRY_ANN in (_meta(ing).get("annotations") or {}):
+            want[str(name)] = undo_entry(ing)
+    # a record nobody can read: what was there before is unknown, so the Ingress is left as it is (the view says so)
+    for name in [name for name in want if _entry_record(by_name.get(name) or {}) is None]:
+        del want[name]
+        views.append(EntryView(str(name), str(name), "", "", None, "BadRecord",
+                               f"Ingress {name}: {ENTRY_ANN} is not graybaggage's JSON record; left as it is "
+                               "(remove graybaggage's changes by hand, then the annotation)"))
+    writes = {name: body for name, body in sorted(want.items()) if entry_differs(by_name.get(name) or {}, body)}
+    return writes, views
+
+
+def entry_differs(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    return ((_meta(current).get("annotations") or {}) != (_meta(wanted).get("annotations") or {})
+            or (current.get("spec") or {}) != (wanted.get("spec") or {}))
+
+
+def entry_summary(views: Iterable[EntryView]) -> str:
+    return ", ".join(f"{v.canary} {v.state}" for v in views) or "no entry Ingress"
 
 
 def manager_down(status: int, message: str) -> str | None:

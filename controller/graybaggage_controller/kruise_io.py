@@ -2,22 +2,32 @@
 
 One pass per namespace (`KruiseMode.reconcile`), under the Reconciler's namespace lock, in this order:
 1. lane Services `<svc>-<tag>` created/updated (before any route names them);
-2. the lane table rebuilt (`Reconciler.sync_table` merges `lanes_for()` in): members join after their Service
+2. the entry Ingresses (`kruise.entry_plan()`): Kruise's canary Ingress `<ingress>-canary` gets the lane header
+   control and the lane Service backend, the stable Ingress strips the header, or both are undone; written
+   BEFORE the table, so the undo precedes the lane leaving the table (and the lane Service's deletion), and the
+   backend names a lane Service that exists (step 1); a whole-object PUT with the resourceVersion read, so a
+   change of Kruise's in between is a conflict retried next pass, never overwritten;
+3. the lane table rebuilt (`Reconciler.sync_table` merges `lanes_for()` in): members join after their Service
    exists, and leave as soon as the Rollout is Finalising/Cancelling, before Kruise resumes the base;
    then a Lane's entry route (`Reconciler.sync_entries`, same table) when the Kruise lanes changed;
-3. base Service pins (pin / follow the newest ready base ReplicaSet / unpin when no canary pod is left);
-4. lane Services of finished canaries deleted (only once the canary Deployment is gone).
-Kruise's own objects are only read. Besides watch events, every namespace seen is passed again each `resync`
-seconds (level-triggered, like the GrayRelease timers); a pass that finds everything in place writes nothing.
+4. base Service pins (pin / follow the newest ready base ReplicaSet / unpin when no canary pod is left);
+5. lane Services of finished canaries deleted (only once the canary Deployment is gone).
+Kruise's own objects are only read, except its canary Ingress (step 2; kruise.py says why). Besides watch events,
+every namespace seen is passed again each `resync` seconds (level-triggered, like the GrayRelease timers); a pass
+that finds everything in place writes nothing.
 One INFO line per namespace whenever what graybaggage makes of its Rollouts changes (`summary()`), e.g.
-`Kruise mode demo: rollout-a Member gray, rollout-b NoCanary`; each pass at DEBUG with its number of writes.
+`Kruise mode demo: rollout-a Member gray, rollout-b NoCanary`, and one whenever its entry Ingresses change
+(`Kruise entry demo/spring-cloud-a-canary Routed: ...`; a WARNING when ingress-nginx cannot carry the header);
+each pass at DEBUG with its number of writes.
 
 Kruise manager down: while Rollouts exist, at most once per `resync` a pass GETs one Rollout in v1alpha1 (not the
 stored version: the API server reads it from etcd and asks Kruise's conversion webhook, served by the manager;
 a list would come from the watch cache, converted when it was filled, and answer without the manager). When that says the
-manager does not answer, one WARNING line, and the passes write nothing (lane table, lane Services and pins
-stay as they are: a Kruise that is gone must not drop a lane or unpin a base) until it answers again (one INFO
-line).
+manager does not answer, one WARNING line and one Warning Event `KruiseManagerDown` on each Rollout of the
+namespace (a new Event object about the Rollout: `kubectl describe rollout` shows it; the Rollout itself is not
+written), and the passes write nothing (lane table, lane Services, pins and entry Ingresses stay as they are: a
+Kruise that is gone must not drop a lane or unpin a base) until it answers again (one INFO line, one Normal
+Event `KruiseManagerAnswering` per Rollout).
 """
 
 from __future__ import annotations
@@ -36,7 +46,16 @@ log = logging.getLogger(__name__)
 
 ROLLOUTS = {"v1beta1": path_template("Rollout"), "v1alpha1": path_template("Rollout/v1alpha1")}
 TRAFFIC_ROUTINGS = path_template("TrafficRouting")
+INGRESSES = path_template("Ingress")
 
+
+class LostRace(Exception):
+    """An entry Ingress write lost a race (HTTP 409): the pass stops there and runs again from a fresh read."""
+
+
+#: Event reasons on each Rollout of a namespace when Kruise's manager stops / starts answering
+DOWN_REASON = "KruiseManagerDown"
+BACK_REASON = "KruiseManagerAnswering"
 
 #: seconds between two API discovery reads of the Rollout API (Kruise installed or removed: seen within this)
 DISCOVERY_TTL = 30.0
@@ -54,6 +73,8 @@ class KruiseMode:
         self._down: dict[str, str | None] = {}
         self._probed: dict[str, float] = {}
         self._probe_denied = False
+        self._ingress_denied = False
+        self._entry_summary: dict[str, str] = {}
         self._lanes: dict[str, dict[str, dict[str, str]]] = {}
         self._managed: dict[str, dict[str, str]] = {}
         self._served: str | None = None
@@ -104,10 +125,25 @@ class KruiseMode:
         rollouts = self._list(ROLLOUTS[version].format(ns=ns))
         if not rollouts:
             return {"rollouts": [], "trs": [], "deploys": [], "rss": [], "pods": [], "svcs":
-                    self.kube.list("Service", namespace)}
+                    self.kube.list("Service", namespace), "ingresses": self._ingresses(namespace)}
         return {"rollouts": rollouts, "trs": self._list(TRAFFIC_ROUTINGS.format(ns=ns)),
                 "deploys": self.kube.list("Deployment", namespace), "rss": self.kube.list("ReplicaSet", namespace),
-                "pods": self.kube.list("Pod", namespace), "svcs": self.kube.list("Service", namespace)}
+                "pods": self.kube.list("Pod", namespace), "svcs": self.kube.list("Service", namespace),
+                "ingresses": self._ingresses(namespace)}
+
+    def _ingresses(self, namespace: str) -> list[dict]:
+        """The namespace's Ingresses ([] when RBAC does not allow: no entry takeover, one WARNING line)."""
+        from urllib.parse import quote
+        try:
+            return self._list(INGRESSES.format(ns=quote(namespace)))
+        except KubeError as e:
+            if e.status != 403:
+                raise
+            if not self._ingress_denied:
+                self._ingress_denied = True
+                log.warning("not allowed to list ingresses: Kruise's canary Ingress is not taken over (grant list and "
+                            "update on ingresses.networking.k8s.io, see controller/deploy/rbac.yaml)")
+            return []
 
     def manager_down(self, namespace: str, rollouts: list[dict]) -> str | None:
         """Why Kruise's manager does not answer (None: it does, or nothing to ask); probed at most once per
@@ -136,15 +172,42 @@ class KruiseMode:
         if down and not was:
             log.warning("Kruise Rollout manager not answering (%s): keeping the Kruise lanes of %s as they are "
                         "(lane table, lane Services, base pins) until it answers", down, namespace)
+            self._rollout_events(namespace, rollouts, "Warning", DOWN_REASON,
+                                 f"Kruise Rollout manager not answering ({down}): graybaggage keeps this Rollout's "
+                                 "lane (lane table, lane Services, base pins, entry Ingress) as it is until it answers")
         elif was and not down:
             log.info("Kruise Rollout manager answering again: Kruise mode resumes in %s", namespace)
+            self._rollout_events(namespace, rollouts, "Normal", BACK_REASON,
+                                 "Kruise Rollout manager answering again: graybaggage follows this Rollout again")
         return down
+
+    def _rollout_events(self, namespace: str, rollouts: list[dict], etype: str, reason: str, message: str) -> None:
+        """One Event per Rollout (`kubectl describe rollout`, `kubectl get events`): a new core/v1 Event object
+        about the Rollout, never a write to the Rollout itself. Best effort: a failure is one log line."""
+        import datetime
+        import uuid
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for r in rollouts:
+            meta = d.meta(r)
+            body = {"apiVersion": "v1", "kind": "Event",
+                    "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+                    "involvedObject": {"apiVersion": r.get("apiVersion") or f"{k.GROUP}/v1beta1", "kind": "Rollout",
+                                       "name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid"),
+                                       "resourceVersion": meta.get("resourceVersion")},
+                    "reason": reason, "message": message, "type": etype, "count": 1,
+                    "firstTimestamp": now, "lastTimestamp": now,
+                    "source": {"component": n.FIELD_MANAGER}, "reportingComponent": n.FIELD_MANAGER}
+            try:
+                self.kube.create("Event", namespace, body)
+            except Exception as e:     # events are best effort
+                log.warning("Event %s on Rollout %s/%s not posted: %s", reason, namespace, meta.get("name"), e)
 
     def plan(self, namespace: str) -> k.Plan | None:
         seen = self.observe(namespace)
         if seen is None:
             return None
-        return k.plan(seen["rollouts"], seen["trs"], seen["deploys"], seen["rss"], seen["pods"], seen["svcs"])
+        return k.plan(seen["rollouts"], seen["trs"], seen["deploys"], seen["rss"], seen["pods"], seen["svcs"],
+                      seen.get("ingresses") or [])
 
     # ---------------------------------------------------------------- the table hook
     def lanes_for(self, namespace: str) -> dict[str, dict[str, str]]:
@@ -212,6 +275,11 @@ class KruiseMode:
                 self._dirty.discard(namespace)
             try:
                 self.reconcile(namespace)
+            except LostRace as e:      # an ordinary race: pass again at once, from a fresh read
+                log.info("Kruise pass for %s: %s; passing again", namespace, e)
+                time.sleep(0.1)
+                with self._guard:
+                    self._dirty.add(namespace)
             except Exception:
                 log.exception("Kruise mode pass for %s failed; retrying", namespace)
                 time.sleep(1.0)
@@ -224,14 +292,15 @@ class KruiseMode:
             seen = self.observe(namespace)
             if seen is None:
                 return None
-            p = k.plan(seen["rollouts"], seen["trs"], seen["deploys"], seen["rss"], seen["pods"], seen["svcs"])
+            p = k.plan(seen["rollouts"], seen["trs"], seen["deploys"], seen["rss"], seen["pods"], seen["svcs"],
+                       seen.get("ingresses") or [])
             if self.manager_down(namespace, seen["rollouts"]):
                 with self._guard:
                     self.passes[namespace] = count = self.passes.get(namespace, 0) + 1
                 log.debug("Kruise pass %s #%d: 0 writes (Kruise manager down)", namespace, count)
                 return p
             kube = self.kube
-            writes = len(p.services) + len(p.pins) + len(p.delete_services)
+            writes = len(p.services) + len(p.pins) + len(p.delete_services) + len(p.ingresses)
             for body in p.services:
                 name = body["metadata"]["name"]
                 current = kube.get("Service", namespace, name)
@@ -248,6 +317,7 @@ class KruiseMode:
                 else:
                     log.warning("Service %s/%s exists and is not ours; Kruise lane not published there",
                                 namespace, name)
+            self._write_entries(namespace, p)
             with self._guard:
                 changed = self._lanes.get(namespace) != p.lanes
                 self._lanes[namespace] = p.lanes
@@ -276,6 +346,28 @@ class KruiseMode:
             if summary != said:
                 log.info("Kruise mode %s: %s", namespace, summary)
             return p
+
+    def _write_entries(self, namespace: str, p: k.Plan) -> None:
+        """The entry Ingresses (before the table: see the module docstring), and one line when they change."""
+        for name, body in sorted(p.ingresses.items()):
+            try:
+                self.kube.replace("Ingress", namespace, name, body)
+            except KubeError as e:
+                if e.status == 404:      # Kruise deleted its canary Ingress meanwhile: nothing left to undo
+                    continue
+                if e.status == 409:      # changed since the read (Kruise's script): stop before the table write
+                    raise LostRace(f"Ingress {namespace}/{name} changed since it was read") from e
+                raise
+            ann = d.meta(body).get("annotations") or {}
+            log.info("Kruise entry Ingress %s/%s: %s", namespace, name,
+                     "changed, record " + ann[k.ENTRY_ANN] if k.ENTRY_ANN in ann else "graybaggage's changes undone")
+        said = self._entry_summary.get(namespace)
+        now = k.entry_summary(p.entries)
+        if now != said:
+            self._entry_summary[namespace] = now
+            for v in p.entries:
+                (log.warning if v.state == "HeaderNotSet" else log.info)(
+                    "Kruise entry %s/%s %s: %s", namespace, v.canary, v.state, v.message)
 
     def guard_release(self, namespace: str, name: str) -> bool:
         """True (and a Failed status with condition KruiseManaged) when GrayRelease `name` targets a Deployment

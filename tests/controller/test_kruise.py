@@ -32,13 +32,15 @@ def rollout(name="rollout-a", deploy="spring-cloud-a", *, tr="higress-traffic", 
     return r
 
 
-def traffic_routing(name="higress-traffic", members=("rollout-a",), header=("x-mse-tag", "gray")):
+def traffic_routing(name="higress-traffic", members=("rollout-a",), header=("x-mse-tag", "gray"), ingress=None):
     strategy = {"matches": [{"headers": [{"type": "Exact", "name": "User-Agent", "value": "xiaoming"}]}]}
     if header:
         strategy["requestHeaderModifier"] = {"set": [{"name": header[0], "value": header[1]}]}
     return {"metadata": {"name": name, "namespace": NS,
                          "finalizers": [k.PROGRESSING_FINALIZER + m for m in members]},
-            "spec": {"objectRef": [{"service": "spring-cloud-a"}], "strategy": strategy}}
+            "spec": {"objectRef": [dict({"service": "spring-cloud-a"}, **(
+                {"ingress": {"name": ingress[0], "classType": ingress[1]}} if ingress else {}))],
+                     "strategy": strategy}}
 
 
 def deployment(name="spring-cloud-a", app=None, canary_of=None, paused_by_kruise=False):
@@ -141,6 +143,11 @@ def test_workload_name(rule, ro, want):
      "Member"),
     ("Cancelling (rolled back): out", {"rollouts": [rollout(reason="Cancelling")]}, False, "Cancelling"),
     ("Completed: out", {"rollouts": [rollout(reason="Completed")]}, False, "Completed"),
+    ("Rollout being deleted (Kruise finalises, resumes the base): out",
+     {"rollouts": [dict(rollout(), metadata=dict(rollout()["metadata"], deletionTimestamp="2026-01-02T00:00:00Z"))]},
+     False, "Terminating"),
+    ("phase Terminating: out", {"rollouts": [dict(rollout(), status=dict(rollout()["status"], phase="Terminating"))]},
+     False, "Terminating"),
     ("finalizer gone from the TrafficRouting: out", {"trs": [traffic_routing(members=())]}, False,
      "NotInTrafficRouting"),
     ("no TrafficRouting reference: no finalizer needed", {"rollouts": [rollout(tr=None)], "trs": []}, True, "Member"),
@@ -222,6 +229,9 @@ PIN_STABLE = {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: "stable1"}
      {"rollouts": [rollout()], "deploys": [deployment(paused_by_kruise=True),
                                            deployment("spring-cloud-a-2h5kc", canary_of="spring-cloud-a")],
       "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
+    ("Rollout deleted mid-release (Kruise resumes the base on the new template): unpin, as on approval",
+     {"rollouts": [dict(rollout(), status=dict(rollout()["status"], phase="Terminating"))],
+      "svcs": [service(pinned_by="kruise:rollout-a")]}, {"app": "spring-cloud-a", n.POD_TEMPLATE_HASH: None}),
     ("rolled back (Cancelling), base resumed: stay pinned while canary pods run",
      {"rollouts": [rollout(reason="Cancelling")], "svcs": [service(pinned_by="kruise:rollout-a")]}, None),
     ("no base ReplicaSet with a ready pod: keep the pin as it is",
@@ -346,3 +356,175 @@ def test_entry_follows_kruise_lanes(rule, kruise_lanes, backend, active, monkeyp
     rec.table_hook = lambda ns, table: k.merge_lanes(table, kruise_lanes)
     rec.sync_entries(NS)
     assert [(it.backend, it.active) for it in seen] == [(backend, active)], rule
+
+
+# ---- entry: Kruise's canary Ingress taken over (kruise.entry_plan)
+def ingress(name="spring-cloud-a", backend="spring-cloud-a", annotations=None, owner=None):
+    meta = {"name": name, "namespace": NS, "resourceVersion": "7", "annotations": dict(annotations or {})}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta,
+            "spec": {"ingressClassName": "higress", "rules": [{"host": "springa.com", "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": backend, "port": {"number": 20001}}}}]}}]}}
+
+
+KRUISE_OWNER = {"apiVersion": "rollouts.kruise.io/v1alpha1", "kind": "TrafficRouting", "name": "higress-traffic",
+                "controller": True}
+KRUISE_CANARY_ANN = {"nginx.ingress.kubernetes.io/canary": "true",
+                     "nginx.ingress.kubernetes.io/canary-by-header": "User-Agent",
+                     "nginx.ingress.kubernetes.io/canary-by-header-value": "xiaoming"}
+
+
+def kruise_canary(backend="spring-cloud-a", annotations=None):
+    """What Kruise's higress.lua leaves on `<ingress>-canary` (a copy of the stable Ingress, stable backend)."""
+    return ingress("spring-cloud-a-canary", backend, {**KRUISE_CANARY_ANN, **(annotations or {})}, KRUISE_OWNER)
+
+
+A_GRAY = {"gray": {"spring-cloud-a": "spring-cloud-a-gray", "spring-cloud-c": "spring-cloud-c-gray"}}
+C_GRAY = {"gray": {"spring-cloud-c": "spring-cloud-c-gray"}}
+SEED_TR = traffic_routing(members=("rollout-a", "rollout-c"), ingress=("spring-cloud-a", "higress"))
+UPDATE, REMOVE = k.HIGRESS_UPDATE, k.HIGRESS_REMOVE
+
+
+def entry(ingresses, lanes, rollouts=None, trs=None):
+    return k.entry_plan(rollouts or [rollout()], [SEED_TR] if trs is None else trs, ingresses, lanes)
+
+
+def settle(ingresses, lanes, **kw):
+    """The Ingresses after the plan's writes (what the API server then holds)."""
+    writes, _ = entry(ingresses, lanes, **kw)
+    return [writes.get(i["metadata"]["name"], i) for i in ingresses]
+
+
+def backend(ing):
+    return ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+
+
+def ann(ing):
+    return {a: v for a, v in ing["metadata"]["annotations"].items() if a != k.ENTRY_ANN}
+
+
+def routed(lanes=A_GRAY, canary=None, stable=None, **kw):
+    return settle([stable or ingress(), canary or kruise_canary()], lanes, **kw)
+
+
+@pytest.mark.parametrize("rule,ingresses,lanes,kw,canary_ann,canary_backend,stable_ann,state", [
+    ("higress, the entry Service has a member: header control + lane Service backend; stable strips the header",
+     [ingress(), kruise_canary()], A_GRAY, {}, {**KRUISE_CANARY_ANN, UPDATE: "x-mse-tag gray"}, "spring-cloud-a-gray",
+     {REMOVE: "x-mse-tag,baggage"}, "Routed"),
+    ("higress, a member elsewhere in the lane only (c): header control, backend stays the (pinned) stable Service",
+     [ingress(), kruise_canary()], C_GRAY, {}, {**KRUISE_CANARY_ANN, UPDATE: "x-mse-tag gray"}, "spring-cloud-a",
+     {REMOVE: "x-mse-tag,baggage"}, "Dyeing"),
+    ("no lane in the table: nothing changed", [ingress(), kruise_canary()], {}, {}, KRUISE_CANARY_ANN,
+     "spring-cloud-a", {}, "Idle"),
+    ("lane left the table: both undone exactly (Kruise's annotations and backend, the stable as it was)",
+     routed(), {}, {}, KRUISE_CANARY_ANN, "spring-cloud-a", {}, "Idle"),
+    ("member left, lane still has c: backend back to the stable Service, header kept",
+     routed(), C_GRAY, {}, {**KRUISE_CANARY_ANN, UPDATE: "x-mse-tag gray"}, "spring-cloud-a",
+     {REMOVE: "x-mse-tag,baggage"}, "Dyeing"),
+    ("the user's own header control kept beside ours (update: one line per header; remove: a comma list)",
+     [ingress(annotations={REMOVE: "x-debug"}), kruise_canary(annotations={UPDATE: "x-env prod"})], A_GRAY, {},
+     {**KRUISE_CANARY_ANN, UPDATE: "x-env prod\nx-mse-tag gray"}, "spring-cloud-a-gray",
+     {REMOVE: "x-debug,x-mse-tag,baggage"}, "Routed"),
+    ("... and put back exactly on the undo",
+     routed(canary=kruise_canary(annotations={UPDATE: "x-env prod"}), stable=ingress(annotations={REMOVE: "x-debug"})),
+     {}, {}, {**KRUISE_CANARY_ANN, UPDATE: "x-env prod"}, "spring-cloud-a", {REMOVE: "x-debug"}, "Idle"),
+    ("the TrafficRouting's header name is the one set", [ingress(), kruise_canary()], A_GRAY,
+     {"trs": [traffic_routing(members=("rollout-a",), header=("x-lane", "gray"), ingress=("spring-cloud-a", "higress"))]},
+     {**KRUISE_CANARY_ANN, UPDATE: "x-lane gray"}, "spring-cloud-a-gray", {REMOVE: "x-lane,baggage"}, "Routed"),
+    ("ingress-nginx: backend only (no header-set annotation), stable untouched, the view says so",
+     [ingress(), kruise_canary()], A_GRAY,
+     {"trs": [traffic_routing(members=("rollout-a",), ingress=("spring-cloud-a", "nginx"))]},
+     KRUISE_CANARY_ANN, "spring-cloud-a-gray", {}, "HeaderNotSet"),
+    ("another class (mse: MSE's agent routes): left to Kruise", [ingress(), kruise_canary()], A_GRAY,
+     {"trs": [traffic_routing(members=("rollout-a",), ingress=("spring-cloud-a", "mse"))]},
+     KRUISE_CANARY_ANN, "spring-cloud-a", {}, "Unsupported"),
+    ("<ingress>-canary not owned by Kruise: not touched (stable still strips)",
+     [ingress(), dict(kruise_canary(), metadata=dict(kruise_canary()["metadata"], ownerReferences=[]))], A_GRAY, {},
+     KRUISE_CANARY_ANN, "spring-cloud-a", {REMOVE: "x-mse-tag,baggage"}, "NotKruise"),
+    ("a Lane's entry already manages the stable Ingress: no second strip",
+     [ingress(annotations={n.ENTRY_ROUTING_ANN: "{}"}), kruise_canary()], A_GRAY, {},
+     {**KRUISE_CANARY_ANN, UPDATE: "x-mse-tag gray"}, "spring-cloud-a-gray", {n.ENTRY_ROUTING_ANN: "{}"}, "Routed"),
+    ("a Rollout's own trafficRoutings: Kruise's <svc>-canary backend switched too",
+     [ingress(), kruise_canary(backend="spring-cloud-a-canary")], A_GRAY,
+     {"rollouts": [rollout(tr=None, traffic_routings=[{"service": "spring-cloud-a", "ingress": {
+         "name": "spring-cloud-a", "classType": "higress"}}])], "trs": []},
+     {**KRUISE_CANARY_ANN, UPDATE: "x-mse-tag gray"}, "spring-cloud-a-gray", {REMOVE: "x-mse-tag,baggage"}, "Routed"),
+    ("... and back to Kruise's <svc>-canary on the undo",
+     routed(canary=kruise_canary(backend="spring-cloud-a-canary"),
+            rollouts=[rollout(tr=None, traffic_routings=[{"service": "spring-cloud-a", "ingress": {
+                "name": "spring-cloud-a", "classType": "higress"}}])], trs=[]), {},
+     {"rollouts": [rollout(tr=None, traffic_routings=[{"service": "spring-cloud-a", "ingress": {
+         "name": "spring-cloud-a", "classType": "higress"}}])], "trs": []},
+     KRUISE_CANARY_ANN, "spring-cloud-a-canary", {}, "Idle"),
+    ("Rollout being deleted: its Ingresses undone (while Kruise finalises, before the lane Service goes)",
+     routed(), A_GRAY,
+     {"rollouts": [dict(rollout(), metadata=dict(rollout()["metadata"], deletionTimestamp="2026-01-02T00:00:00Z"))]},
+     KRUISE_CANARY_ANN, "spring-cloud-a", {}, None),
+    ("no Rollout left at all: whatever carries our record undone", routed(), {}, {"rollouts": [], "trs": []},
+     KRUISE_CANARY_ANN, "spring-cloud-a", {}, None),
+])
+def test_entry(rule, ingresses, lanes, kw, canary_ann, canary_backend, stable_ann, state):
+    stable, canary = settle(ingresses, lanes, **kw)
+    assert (ann(canary), backend(canary)) == (canary_ann, canary_backend), rule
+    assert ann(stable) == stable_ann and backend(stable) == "spring-cloud-a", rule
+    views = entry(ingresses, lanes, **kw)[1]
+    assert [v.state for v in views] == ([state] if state else []), rule
+    if not canary_ann.get(UPDATE) and canary_backend == backend(ingresses[1]) and ann(canary) == ann(ingresses[1]):
+        assert k.ENTRY_ANN not in canary["metadata"]["annotations"], rule
+
+
+@pytest.mark.parametrize("rule,lanes", [("member", A_GRAY), ("dyeing", C_GRAY), ("idle", {})])
+def test_entry_converges(rule, lanes):
+    """A second pass over its own result writes nothing (a restarted controller converges; no fight)."""
+    once = settle([ingress(), kruise_canary()], lanes)
+    assert entry(once, lanes)[0] == {}, rule
+
+
+def test_entry_undo_of_a_restored_object_is_kruises():
+    """Set, then undone: byte for byte the objects before (only the resourceVersion aside)."""
+    before = [ingress(annotations={REMOVE: "x-debug"}), kruise_canary(annotations={UPDATE: "x-env prod"})]
+    after = settle(settle(before, A_GRAY), {})
+    assert after == before
+
+
+def test_entry_canary_copied_from_a_stripped_stable_is_undone_there():
+    """Kruise makes a new canary Ingress as a copy of the stable one, our strip and its record included: the copy's
+    strip is undone on the canary (it sets the header; it must not remove it too), its own record replaces it."""
+    stable, _ = routed()
+    copied = kruise_canary(annotations={a: v for a, v in stable["metadata"]["annotations"].items()})
+    _, canary = settle([stable, copied], A_GRAY)
+    assert ann(canary) == {**KRUISE_CANARY_ANN, UPDATE: "x-mse-tag gray"}
+    _, canary = settle([stable, canary], {})
+    assert ann(canary) == KRUISE_CANARY_ANN and k.ENTRY_ANN not in canary["metadata"]["annotations"]
+
+
+def test_entry_kruise_changing_its_annotations_is_no_conflict():
+    """Kruise's script rewrites only its canary keys: our keys stay and nothing needs writing."""
+    _, canary = routed()
+    canary["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-by-header-value"] = "xiaohong"
+    assert entry([routed()[0], canary], A_GRAY)[0] == {}
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[]", '{"annotations": "x"}'])
+def test_entry_bad_record_never_crashes(bad):
+    """A record someone edited: what was there before is unknown, so that Ingress is left alone and said so."""
+    _, canary = routed()
+    canary["metadata"]["annotations"][k.ENTRY_ANN] = bad
+    for lanes in (A_GRAY, {}):
+        writes, views = entry([routed()[0], canary], lanes)
+        assert "spring-cloud-a-canary" not in writes
+        assert [v.state for v in views if v.canary == "spring-cloud-a-canary"][-1] == "BadRecord"
+
+
+def test_entry_through_plan():
+    """plan() derives the entry from its own lane table: a member's canary Ingress is routed to its lane Service."""
+    w = world(trs=[traffic_routing(ingress=("spring-cloud-a", "higress"))])
+    p = k.plan(w["rollouts"], w["trs"], w["deploys"], w["rss"], w["pods"], w["svcs"], [ingress(), kruise_canary()])
+    assert backend(p.ingresses["spring-cloud-a-canary"]) == "spring-cloud-a-gray"
+    assert [(v.canary, v.state) for v in p.entries] == [("spring-cloud-a-canary", "Routed")]
+    p = k.plan([rollout(reason="Finalising")], w["trs"], w["deploys"], w["rss"], w["pods"], w["svcs"],
+               [routed(lanes={"gray": {"spring-cloud-a": "spring-cloud-a-gray"}})[0],
+                routed(lanes={"gray": {"spring-cloud-a": "spring-cloud-a-gray"}})[1]])
+    assert p.lanes == {} and backend(p.ingresses["spring-cloud-a-canary"]) == "spring-cloud-a"

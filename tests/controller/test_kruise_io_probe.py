@@ -15,9 +15,18 @@ ROLLOUTS = [{"metadata": {"name": "rollout-a", "namespace": "demo"}}]
 
 
 class StubKube:
-    def __init__(self, answers):
+    def __init__(self, answers, events_fail=False):
         self.answers = list(answers)
         self.paths = []
+        self.events = []
+        self.events_fail = events_fail
+
+    def create(self, kind, namespace, body):
+        assert kind == "Event" and namespace == "demo"
+        if self.events_fail:
+            raise KubeError(403, "events is forbidden", {})
+        self.events.append(body)
+        return body
 
     def request(self, method, path, **_):
         self.paths.append(path)
@@ -27,8 +36,8 @@ class StubKube:
         return answer
 
 
-def mode(answers):
-    m = KruiseMode(StubKube(answers), rec=None, resync=1e-9)
+def mode(answers, **kw):
+    m = KruiseMode(StubKube(answers, **kw), rec=None, resync=1e-9)
     m._served = "v1beta1"
     return m
 
@@ -42,6 +51,19 @@ def test_refused_is_down_with_one_line_then_one_line_back(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and lines[0].startswith("Kruise Rollout manager not answering (its webhook refuses")
     assert lines[1] == "Kruise Rollout manager answering again: Kruise mode resumes in demo"
+    # one Event per Rollout per transition, about the Rollout (never a write to it)
+    assert [(e["type"], e["reason"], e["involvedObject"]["kind"], e["involvedObject"]["name"]) for e in m.kube.events] \
+        == [("Warning", "KruiseManagerDown", "Rollout", "rollout-a"), ("Normal", "KruiseManagerAnswering", "Rollout",
+                                                                       "rollout-a")]
+    assert "its webhook refuses connections" in m.kube.events[0]["message"]
+
+
+def test_event_not_allowed_is_one_line_and_the_pass_goes_on(caplog):
+    m = mode([KubeError(500, REFUSED, {"message": REFUSED})] * 2, events_fail=True)
+    with caplog.at_level(logging.INFO, logger="graybaggage_controller.kruise_io"):
+        assert [m.manager_down("demo", ROLLOUTS) for _ in range(2)] == ["its webhook refuses connections"] * 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[1].startswith("Event KruiseManagerDown on Rollout demo/rollout-a not posted")
 
 
 def test_probe_not_allowed_logs_once_and_never_says_down(caplog):

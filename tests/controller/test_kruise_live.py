@@ -75,7 +75,8 @@ class Recorder:
                          ("Deployment", client.AppsV1Api(self.api).list_namespaced_deployment),
                          ("ConfigMap", client.CoreV1Api(self.api).list_namespaced_config_map),
                          ("Service", client.CoreV1Api(self.api).list_namespaced_service),
-                         ("ReplicaSet", client.AppsV1Api(self.api).list_namespaced_replica_set)):
+                         ("ReplicaSet", client.AppsV1Api(self.api).list_namespaced_replica_set),
+                         ("Ingress", client.NetworkingV1Api(self.api).list_namespaced_ingress)):
             w = watch.Watch()
             self.watches.append(w)
             t = threading.Thread(target=self._run, args=(w, kind, fn), daemon=True)
@@ -123,6 +124,37 @@ class Recorder:
             lines.append(f"{rv} {o['type']} {kind}/{name} {what}")
         return "\n".join(lines)
 
+    def ingress_timeline(self) -> str:
+        return "\n".join(f"{rv} {o['type']} Ingress/{o['metadata']['name']} {ingress_backend(o)} "
+                         f"{ {a: v for a, v in (o['metadata'].get('annotations') or {}).items() if 'kruise' not in a} }"
+                         for rv, o in self.ordered("Ingress"))
+
+    def ingress_left(self, name: str, backend: str) -> int:
+        """resourceVersion of the first event after which Ingress `name` no longer names `backend`."""
+        seen = False
+        for rv, o in self.ordered("Ingress"):
+            if o["metadata"]["name"] != name:
+                continue
+            names = o["type"] != "DELETED" and ingress_backend(o) == backend
+            seen = seen or names
+            if seen and not names:
+                return rv
+        raise AssertionError(f"{name} never stopped naming {backend}\n{self.ingress_timeline()}")
+
+    def ingress_done(self, name: str) -> int:
+        """resourceVersion of the last event that took graybaggage's changes off Ingress `name` (or deleted it)."""
+        last = None
+        for rv, o in self.ordered("Ingress"):
+            if o["metadata"]["name"] != name:
+                continue
+            mine = o["type"] != "DELETED" and k.ENTRY_ANN in (o["metadata"].get("annotations") or {})
+            if not mine and last is None:
+                last = rv
+            elif mine:
+                last = None
+        assert last is not None, f"{name} still carries graybaggage's changes\n{self.ingress_timeline()}"
+        return last
+
     def pods_in(self, service: str, until: int | None = None) -> set[str]:
         """Every pod any EndpointSlice of `service` listed (before resourceVersion `until`)."""
         return {(e.get("targetRef") or {}).get("name") for rv, o in self.ordered("EndpointSlice")
@@ -158,8 +190,31 @@ def selected_images(kube, ns, svc) -> list[str]:
                   if not p["metadata"].get("deletionTimestamp"))
 
 
+INGRESSES = "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses"
+
+
+def ingress(kube, ns, name) -> dict | None:
+    from graybaggage_controller.kube import KubeError
+    try:
+        return kube.request("GET", INGRESSES.format(ns=ns) + "/" + name)
+    except KubeError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def ingress_backend(ing) -> str:
+    return ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+
+
+OUR_INGRESS_KEYS = (k.ENTRY_ANN, k.HIGRESS_UPDATE, k.HIGRESS_REMOVE)
+
+
 def ours(kube, ns) -> list[str]:
     found = [f"Service/{s['metadata']['name']}" for s in kube.list("Service", ns, k.ROLLOUT_LABEL)]
+    found += [f"Ingress/{i['metadata']['name']}" for i in (kube.request("GET", INGRESSES.format(ns=ns))["items"])
+              if set(OUR_INGRESS_KEYS) & set(i["metadata"].get("annotations") or {})
+              or ingress_backend(i).endswith("-gray")]
     found += [f"pin/{s['metadata']['name']}" for s in kube.list("Service", ns)
               if n.PINNED_BY_ANN in (s["metadata"].get("annotations") or {})]
     if kube.get("ConfigMap", ns, n.TABLE_CONFIGMAP):
@@ -177,6 +232,7 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
     apply(k8s_cluster, ns, [seed_rollout(x) for x in "abc"] + [SEED_TRAFFIC_ROUTING])
     wait_for(lambda: all(rollout(k8s_cluster, ns, f"rollout-{x}").get("status", {}).get("phase") == "Healthy"
                          for x in "abc"), 120, "the seed's Rollouts Healthy")
+    gb_controller.extra_args = ["-v"]       # the per-pass DEBUG lines count passes
     gb_controller.start()
     rec = Recorder(k8s_cluster, ns)
     try:
@@ -206,6 +262,27 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         b = gb_kube.get("Deployment", ns, "spring-cloud-b")
         assert b["metadata"]["generation"] == b_before["metadata"]["generation"]
         assert gb_kube.get("Service", ns, "spring-cloud-b-gray") is None
+
+        # ---- entry: Kruise's canary Ingress taken over (API level only: no Envoy here, so no Higress)
+        canary = wait_for(lambda: (c := ingress(gb_kube, ns, "spring-cloud-a-canary")) is not None
+                          and ingress_backend(c) == "spring-cloud-a-gray" and c, 60,
+                          "Kruise's canary Ingress -> spring-cloud-a-gray")
+        ann = canary["metadata"]["annotations"]
+        assert ann[k.HIGRESS_UPDATE] == "x-mse-tag gray", ann
+        assert (ann["nginx.ingress.kubernetes.io/canary"], ann["nginx.ingress.kubernetes.io/canary-by-header"],
+                ann["nginx.ingress.kubernetes.io/canary-by-header-value"]) == ("true", "User-Agent", "xiaoming"), ann
+        assert json.loads(ann[k.ENTRY_ANN]) == {"annotations": {k.HIGRESS_UPDATE: None},
+                                                "backends": {"spring-cloud-a-gray": "spring-cloud-a"}}, ann
+        assert any(ref["apiVersion"].startswith(k.GROUP) for ref in canary["metadata"]["ownerReferences"])
+        stable_ing = ingress(gb_kube, ns, "spring-cloud-a")
+        assert stable_ing["metadata"]["annotations"][k.HIGRESS_REMOVE] == "x-mse-tag,baggage"
+        assert ingress_backend(stable_ing) == "spring-cloud-a"
+        # no fight with Kruise: two more idle resync passes leave both Ingresses as they are
+        ing_rvs = {name: ingress(gb_kube, ns, name)["metadata"]["resourceVersion"]
+                   for name in ("spring-cloud-a", "spring-cloud-a-canary")}
+        done = len(passes(gb_controller, ns, gb_controller.starts))
+        wait_for(lambda: len(passes(gb_controller, ns, gb_controller.starts)) >= done + 2, 60, "two more passes")
+        assert {name: ingress(gb_kube, ns, name)["metadata"]["resourceVersion"] for name in ing_rvs} == ing_rvs
         assert gb_kube.get("Service", ns, "spring-cloud-b")["spec"]["selector"] == {"app": "spring-cloud-b"}
 
         # ---- approve a (what `kubectl-kruise rollout approve` does: only from StepPaused)
@@ -223,10 +300,12 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
                  60, "a's base on the new image")
 
         # the table lost a before Kruise resumed a's base
-        left = next(rv for rv, o in rec.ordered("ConfigMap")
-                    if o["metadata"]["name"] == n.TABLE_CONFIGMAP
-                    and "spring-cloud-a" not in json.dumps(json.loads(o["data"][n.TABLE_KEY])["lanes"])
-                    and o["type"] != "DELETED")
+        # (the first table without a AFTER one with a: c may join first, and that table has no a either)
+        tables = [(rv, "spring-cloud-a" in json.dumps(json.loads(o["data"][n.TABLE_KEY])["lanes"]))
+                  for rv, o in rec.ordered("ConfigMap")
+                  if o["metadata"]["name"] == n.TABLE_CONFIGMAP and o["type"] != "DELETED"]
+        joined = next(i for i, (_rv, has_a) in enumerate(tables) if has_a)
+        left = next(rv for rv, has_a in tables[joined:] if not has_a)
         seq = [(rv, bool(o["spec"].get("paused"))) for rv, o in rec.ordered("Deployment")
                if o["metadata"]["name"] == "spring-cloud-a"]
         first_paused = next(i for i, (_rv, paused) in enumerate(seq) if paused)
@@ -245,11 +324,28 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
         # the a Service never had 0 ready endpoints (from the first event on)
         counts = rec.ready_endpoints("spring-cloud-a")
         assert counts and min(counts) >= 1, f"{counts}\n{rec.timeline('spring-cloud-a')}"
+        # the canary Ingress stopped naming spring-cloud-a-gray before the lane left the table
+        assert rec.ingress_left("spring-cloud-a-canary", "spring-cloud-a-gray") < left, rec.ingress_timeline()
+        now = ingress(gb_kube, ns, "spring-cloud-a-canary")
+        assert now is None or (ingress_backend(now) == "spring-cloud-a"
+                               and now["metadata"]["annotations"][k.HIGRESS_UPDATE] == "x-mse-tag gray"), now
+
+        # restart after the approval (c still in the lane, the canary Ingress dyeing for it): converges, 0 writes
+        restart_converges(gb_controller, gb_kube, ns)
 
         # ---- roll back c
         set_image(k8s_cluster, ns, "spring-cloud-c", OLD)
         wait_for(lambda: routes(gb_kube, ns) is None, 120, "lane table {} (ConfigMap gone)")
         wait_for(lambda: ours(gb_kube, ns) == [], 120, "nothing of ours left")
+        gone = next(rv for rv, o in rec.ordered("ConfigMap")
+                    if o["metadata"]["name"] == n.TABLE_CONFIGMAP and o["type"] == "DELETED")
+        # both Ingresses were back before the lane table went
+        assert rec.ingress_done("spring-cloud-a") < gone, rec.ingress_timeline()
+        assert rec.ingress_done("spring-cloud-a-canary") < gone, rec.ingress_timeline()
+        stable_ing = ingress(gb_kube, ns, "spring-cloud-a")
+        assert stable_ing["spec"] == SEED_INGRESS["spec"] and not any(
+            key.startswith(("graybaggage.io/", "higress.io/")) for key in stable_ing["metadata"].get("annotations")
+            or {}), stable_ing
         assert selected_images(gb_kube, ns, "spring-cloud-c") == [f"{REPO}/spring-cloud-c:{OLD}"] * 2
         counts_c = rec.ready_endpoints("spring-cloud-c")
         assert counts_c and min(counts_c) >= 1, counts_c
@@ -262,6 +358,8 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
             assert canaries
             leaked = {p for p in rec.pods_in(app, until) if any(p.startswith(c + "-") for c in canaries)}
             assert not leaked, f"{app}: {leaked}\n{rec.timeline(app)}"
+        restart_converges(gb_controller, gb_kube, ns)      # and after the rollback: still nothing of ours
+        assert ours(gb_kube, ns) == []
         b = gb_kube.get("Deployment", ns, "spring-cloud-b")
         assert b["spec"] == b_before["spec"] and b["metadata"]["generation"] == b_before["metadata"]["generation"]
         assert "spring-cloud-b" not in [o["metadata"]["name"] for _, o in rec.ordered("Deployment")
@@ -283,7 +381,7 @@ def test_seed_flow_with_real_kruise(kruise_manager, k8s_cluster, gb_controller, 
 
 def our_versions(kube, ns) -> dict[str, str]:
     """resourceVersion of every object graybaggage writes in Kruise mode: lane Services, pinned base Services,
-    the lane-table ConfigMap."""
+    the lane-table ConfigMap, the Ingresses it changed (Kruise's canary Ingress, the stable one)."""
     out = {f"Service/{s['metadata']['name']}": s["metadata"]["resourceVersion"]
            for s in kube.list("Service", ns)
            if (s["metadata"].get("labels") or {}).get(k.ROLLOUT_LABEL)
@@ -291,7 +389,29 @@ def our_versions(kube, ns) -> dict[str, str]:
     cm = kube.get("ConfigMap", ns, n.TABLE_CONFIGMAP)
     if cm:
         out[f"ConfigMap/{n.TABLE_CONFIGMAP}"] = cm["metadata"]["resourceVersion"]
+    out.update({f"Ingress/{i['metadata']['name']}": i["metadata"]["resourceVersion"]
+                for i in kube.request("GET", INGRESSES.format(ns=ns))["items"]
+                if k.ENTRY_ANN in (i["metadata"].get("annotations") or {})})
     return out
+
+
+def restart_converges(ctl, kube, ns) -> None:
+    """Kill the controller, start it again: its first three Kruise passes write nothing and no object of ours
+    changes (same resourceVersions)."""
+    before = our_versions(kube, ns)
+    ctl.kill()
+    ctl.start()
+    start = ctl.starts
+    wait_for(lambda: len(passes(ctl, ns, start)) >= 3, 60, "three Kruise passes after the restart")
+    assert our_versions(kube, ns) == before
+    assert set(passes(ctl, ns, start)) == {0}, passes(ctl, ns, start)
+
+
+def rollout_events(kube, ns, as_list=False):
+    """(Rollout, type, reason) of graybaggage's Events about Rollouts."""
+    evs = [(e["involvedObject"]["name"], e["type"], e["reason"]) for e in kube.list("Event", ns)
+           if e["involvedObject"].get("kind") == "Rollout" and (e.get("source") or {}).get("component") == "graybaggage"]
+    return evs if as_list else set(evs)
 
 
 def passes(ctl, ns, start: int) -> list[int]:
@@ -386,7 +506,8 @@ def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster
 
     # ---- restart: kill, start, nothing we write changes
     before = our_versions(gb_kube, ns)
-    assert set(before) == {"Service/spring-cloud-a-gray", "Service/spring-cloud-a", f"ConfigMap/{n.TABLE_CONFIGMAP}"}
+    assert set(before) == {"Service/spring-cloud-a-gray", "Service/spring-cloud-a", f"ConfigMap/{n.TABLE_CONFIGMAP}",
+                           "Ingress/spring-cloud-a", "Ingress/spring-cloud-a-canary"}, before
     gb_controller.kill()
     gb_controller.start()
     start = gb_controller.starts
@@ -427,6 +548,10 @@ def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster
             res.stdout
         assert any(ln.split()[:4] == ["rollout-a", "spring-cloud-a", "gray", "Member"]
                    for ln in res.stdout.splitlines()), res.stdout
+        # one Warning Event on each Rollout (a new Event object; the Rollouts themselves are not written)
+        assert rollout_events(gb_kube, ns) == {("rollout-a", "Warning", "KruiseManagerDown"),
+                                               ("rollout-b", "Warning", "KruiseManagerDown")}
+        assert len(rollout_events(gb_kube, ns, as_list=True)) == 2
     finally:
         if not kruise_manager.alive():
             kruise_manager.start_process()
@@ -437,4 +562,47 @@ def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster
              "the manager-back line")
     wait_for(lambda: len(passes(gb_controller, ns, start)) >= frozen + 6, 60, "passes after the manager is back")
     assert our_versions(gb_kube, ns) == before
+    assert {e for e in rollout_events(gb_kube, ns) if e[1] == "Normal"} == {
+        ("rollout-a", "Normal", "KruiseManagerAnswering"), ("rollout-b", "Normal", "KruiseManagerAnswering")}
     assert set(passes(gb_controller, ns, start)) == {0}, passes(gb_controller, ns, start)
+
+
+@pytest.mark.parametrize("kruise_manager", ["v0.6.2"], indirect=True)
+def test_rollout_deleted_mid_release(kruise_manager, k8s_cluster, gb_controller, gb_kube):
+    """Mid-release (a's canary in the lane, its canary Ingress taken over), the user deletes rollout-a: Kruise
+    terminates it (resumes the base on the new template, deletes its canary). graybaggage treats that like an
+    approval: the Ingresses go back before the lane leaves the table, the base Service is unpinned in that pass and
+    never has 0 ready endpoints, and nothing of ours is left."""
+    ns = gb_controller.namespace
+    kc = k8s_cluster.kubectl
+    apply(k8s_cluster, ns, app_manifests("spring-cloud-a") + [SEED_INGRESS])
+    kc("-n", ns, "rollout", "status", "deployment/spring-cloud-a", "--timeout=60s")
+    apply(k8s_cluster, ns, [seed_rollout("a"), SEED_TRAFFIC_ROUTING])
+    wait_for(lambda: rollout(k8s_cluster, ns, "rollout-a").get("status", {}).get("phase") == "Healthy", 120,
+             "rollout-a Healthy")
+    gb_controller.start()
+    rec = Recorder(k8s_cluster, ns)
+    try:
+        set_image(k8s_cluster, ns, "spring-cloud-a", NEW)
+        wait_for(lambda: routes(gb_kube, ns) == {"spring-cloud-a": "spring-cloud-a-gray"}, 180, "lane table {a}")
+        wait_for(lambda: (c := ingress(gb_kube, ns, "spring-cloud-a-canary")) is not None
+                 and ingress_backend(c) == "spring-cloud-a-gray", 60, "canary Ingress -> spring-cloud-a-gray")
+        kc("delete", RV1B1, "rollout-a", "-n", ns, "--wait=false")
+        wait_for(lambda: routes(gb_kube, ns) is None, 120, "lane table {} (ConfigMap gone)")
+        wait_for(lambda: ours(gb_kube, ns) == [], 120, "nothing of ours left")
+        wait_for(lambda: gb_kube.list("Deployment", ns, k.CANARY_DEPLOYMENT_LABEL) == [], 120, "Kruise's canary gone")
+        wait_for(lambda: selected_images(gb_kube, ns, "spring-cloud-a") == [f"{REPO}/spring-cloud-a:{NEW}"] * 2,
+                 120, "a's base on the new image")
+        gone = next(rv for rv, o in rec.ordered("ConfigMap")
+                    if o["metadata"]["name"] == n.TABLE_CONFIGMAP and o["type"] == "DELETED")
+        assert rec.ingress_left("spring-cloud-a-canary", "spring-cloud-a-gray") < gone, rec.ingress_timeline()
+        assert rec.ingress_done("spring-cloud-a") < gone, rec.ingress_timeline()
+        counts = rec.ready_endpoints("spring-cloud-a")
+        assert counts and min(counts) >= 1, f"{counts}\n{rec.timeline('spring-cloud-a')}"
+        stable_ing = ingress(gb_kube, ns, "spring-cloud-a")
+        assert stable_ing["spec"] == SEED_INGRESS["spec"] and not any(
+            key.startswith(("graybaggage.io/", "higress.io/")) for key in stable_ing["metadata"].get("annotations")
+            or {}), stable_ing
+        assert "rollout-a Terminating" in gb_controller.log(), "the summary line names the reason"
+    finally:
+        rec.stop()

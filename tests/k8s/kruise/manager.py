@@ -10,7 +10,7 @@ Everything it installs comes from the downloaded module (the repo keeps no copy)
 - Webhook configurations from `config/webhook/manifests.yaml`, with `patch_manifests.yaml`'s objectSelectors
   merged in by webhook name; the manager rewrites their clientConfigs (URL https://WEBHOOK_HOST:WEBHOOK_PORT,
   its own CA).
-- `lua_configuration/` in the manager's working dir (it reads the traffic-routing scripts from there).
+- `lua_configuration/` copied into the manager's working dir (it reads the traffic-routing scripts from there).
 
 The manager runs with the admin kubeconfig, WEBHOOK_HOST=127.0.0.1, POD_NAMESPACE=kruise-rollout,
 WEBHOOK_CERT_DIR in its workdir, a free WEBHOOK_PORT (its server listens on 0.0.0.0) and metrics/health on
@@ -133,7 +133,10 @@ class KruiseManager:
         # CRDs re-created after a previous manager's stop() must be Established before anything else
         k("wait", "--for", "condition=Established", "--timeout=60s",
           *[f"crd/{d['metadata']['name']}" for d in crd_documents(self.module)])
-        (self.workdir / "lua_configuration").symlink_to(self.module / "lua_configuration")
+        # a copy, not a symlink: the manager loads its scripts with filepath.Walk("./lua_configuration"), which does
+        # not descend into a symlinked root (with one, every TrafficRouting failed "higress lua script is not found"
+        # and Kruise never made its canary Ingress)
+        shutil.copytree(self.module / "lua_configuration", self.workdir / "lua_configuration")
         (self.workdir / "certs").mkdir()
         self.start_process()
         deadline = time.monotonic() + timeout

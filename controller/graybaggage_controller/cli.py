@@ -429,9 +429,12 @@ def cmd_status(kube: Kube, ns: str | None, name: str | None, output: str = "tabl
         lines.append(table(rows, ["  TYPE", "STATUS", "REASON", "MESSAGE"]) if rows else "  -")
         return "\n".join(lines)
     items = sorted(kube.list("GrayRelease", ns), key=lambda o: (d.meta(o).get("namespace"), d.meta(o)["name"]))
-    if output != "table":
-        return render(_list_doc(items, "GrayRelease"), output)
     kruise = kruise_status(kube, ns)
+    if output != "table":
+        doc = _list_doc(items, "GrayRelease")
+        if kruise is not None and (kruise[0] or kruise[1]):     # the same rows and notes as the table's block
+            doc["kruiseRollouts"], doc["kruiseNotes"] = list(kruise[0]), list(kruise[1])
+        return render(doc, output)
     section = ""
     if kruise is not None and (kruise[0] or kruise[1]):
         section = "\n\n" + kruise_table(kruise[0], ns is None, kruise[1])

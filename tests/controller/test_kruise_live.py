@@ -483,6 +483,9 @@ def test_status_restart_and_manager_down_mid_release(kruise_manager, k8s_cluster
             res.stdout
     res = plugin("status", "rollout-a", "-n", ns, "-o", "json", kubeconfig=k8s_cluster.kubeconfig)
     assert json.loads(res.stdout)["reason"] == "Member", res.stdout
+    res = plugin("status", "-n", ns, "-o", "json", kubeconfig=k8s_cluster.kubeconfig)   # the list: same rows
+    listed = {r["rollout"]: r for r in json.loads(res.stdout)["kruiseRollouts"]}
+    assert listed["rollout-a"]["reason"] == "Member" and listed["rollout-b"]["reason"] == "NoCanary", res.stdout
     res = plugin("get", "rollout-z", "-n", ns, kubeconfig=k8s_cluster.kubeconfig)
     assert res.returncode == 3 and "nor a Kruise Rollout" in res.stderr, res.stderr
 

@@ -304,23 +304,35 @@ def audit_events(path: Path, start: float, end: float):
     return seen.values()
 
 
+def log_lines(log_path: Path):
+    """(epoch seconds, line) for each timestamped line of the controller's log."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("["):
+            try:
+                yield datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp(), line
+            except ValueError:
+                continue
+
+
+PASS_COUNTS = re.compile(r"passes in the last \S+: (\d+) from the cache, (\d+) against the API")
+
+
 def cached_passes(log_path: Path, start: float, end: float) -> dict[str, int]:
     """Passes the controller counted in its "passes in the last Ns: D from the cache, A against the API" lines
     logged between two epoch times: an idle window's request counts mean something only if passes ran in it."""
     out = {"from_cache": 0, "against_api": 0}
-    pattern = re.compile(r"passes in the last \S+: (\d+) from the cache, (\d+) against the API")
-    for line in log_path.read_text(errors="replace").splitlines():
-        m = pattern.search(line)
-        if not m or not line.startswith("["):
-            continue
-        try:
-            ts = datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        except ValueError:
-            continue
-        if start <= ts <= end:
+    for ts, line in log_lines(log_path):
+        m = PASS_COUNTS.search(line)
+        if m and start <= ts <= end:
             out["from_cache"] += int(m.group(1))
             out["against_api"] += int(m.group(2))
     return out
+
+
+def quiet_period(log_path: Path, since: float) -> bool:
+    """Has the controller logged, after `since`, a pass-count line with 0 passes against the API?"""
+    return any(ts >= since and (m := PASS_COUNTS.search(line)) and m.group(2) == "0"
+               for ts, line in log_lines(log_path))
 
 
 def audit_series(path: Path, start: float, end: float, step: float = 10.0) -> list[int]:
@@ -344,19 +356,78 @@ def audit_counts(path: Path, start: float, end: float) -> Counter:
 
 
 # ------------------------------------------------------------------------------------- lane-table watch
-class TableWatch(threading.Thread):
-    """Cluster-wide watch of the lane-table ConfigMaps; records when a (namespace, service) first appears in
-    lane gray's routes (`expect`) or is gone from them (`expect_gone`)."""
+class ClusterWatch(threading.Thread):
+    """LIST then WATCH one cluster-wide collection (`query`: its selector), calling `_update(namespace, obj|None)`
+    for every object listed, added, modified or deleted; re-lists after an error."""
+    path = ""
+    query = ""
 
     def __init__(self, cp) -> None:
-        super().__init__(daemon=True, name="table-watch")
+        super().__init__(daemon=True, name=type(self).__name__)
         self.cp = cp
         self.lock = threading.Lock()
-        self.routes: dict[str, dict] = {}
-        self.pending: dict[tuple[str, str], float | None] = {}
-        self.events = 0
         self.stopped = threading.Event()
         self.listed = threading.Event()
+
+        self.pending: dict[tuple[str, str], float | None] = {}    # key -> when first seen (monotonic)
+
+    def _update(self, ns: str, obj: dict | None) -> None:
+        raise NotImplementedError
+
+    def expect(self, keys: list[tuple[str, str]]) -> None:
+        with self.lock:
+            self.pending = {k: None for k in keys}
+
+    def seen(self) -> dict[tuple[str, str], float | None]:
+        with self.lock:
+            return dict(self.pending)
+
+    def run(self) -> None:
+        port = int(self.cp.server.rsplit(":", 1)[1])
+        rv = ""
+        while not self.stopped.is_set():
+            try:
+                conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=self.cp._ssl_context())
+                if not rv:
+                    conn.request("GET", f"{self.path}?{self.query}")
+                    doc = json.loads(conn.getresponse().read())
+                    for obj in doc.get("items") or []:
+                        self._update(obj["metadata"]["namespace"], obj)
+                    rv = doc["metadata"]["resourceVersion"]
+                    self.listed.set()
+                conn.request("GET", f"{self.path}?{self.query}&watch=1&allowWatchBookmarks=true"
+                                    f"&timeoutSeconds=50&resourceVersion={rv}")
+                resp = conn.getresponse()
+                while not self.stopped.is_set():
+                    line = resp.readline()
+                    if not line:
+                        break
+                    ev = json.loads(line)
+                    obj = ev.get("object") or {}
+                    if ev.get("type") == "ERROR":
+                        rv = ""
+                        break
+                    rv = obj["metadata"].get("resourceVersion", rv)
+                    if ev["type"] in ("ADDED", "MODIFIED"):
+                        self._update(obj["metadata"]["namespace"], obj)
+                    elif ev["type"] == "DELETED":
+                        self._update(obj["metadata"]["namespace"], None)
+                conn.close()
+            except (OSError, http.client.HTTPException, ValueError, KeyError):
+                rv = ""
+                self.stopped.wait(0.5)
+
+
+class TableWatch(ClusterWatch):
+    """Cluster-wide watch of the lane-table ConfigMaps; records when a (namespace, service) first appears in
+    lane gray's routes (`expect`)."""
+    path = "/api/v1/configmaps"
+    query = f"fieldSelector={quote(f'metadata.name={TABLE_CM}')}"
+
+    def __init__(self, cp) -> None:
+        super().__init__(cp)
+        self.routes: dict[str, dict] = {}
+        self.events = 0
 
     def _update(self, ns: str, cm: dict | None) -> None:
         now = time.monotonic()
@@ -379,49 +450,29 @@ class TableWatch(threading.Thread):
                 if k[1] in self.routes.get(k[0], {}):
                     self.pending[k] = time.monotonic()
 
-    def seen(self) -> dict[tuple[str, str], float | None]:
-        with self.lock:
-            return dict(self.pending)
-
     def in_table(self, key: tuple[str, str]) -> bool:
         with self.lock:
             return key[1] in self.routes.get(key[0], {})
 
-    def run(self) -> None:
-        sel = quote(f"metadata.name={TABLE_CM}")
-        port = int(self.cp.server.rsplit(":", 1)[1])
-        rv = ""
-        while not self.stopped.is_set():
-            try:
-                conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=self.cp._ssl_context())
-                if not rv:
-                    conn.request("GET", f"/api/v1/configmaps?fieldSelector={sel}")
-                    doc = json.loads(conn.getresponse().read())
-                    for cm in doc.get("items") or []:
-                        self._update(cm["metadata"]["namespace"], cm)
-                    rv = doc["metadata"]["resourceVersion"]
-                    self.listed.set()
-                conn.request("GET", f"/api/v1/configmaps?fieldSelector={sel}&watch=1&allowWatchBookmarks=true"
-                                    f"&timeoutSeconds=50&resourceVersion={rv}")
-                resp = conn.getresponse()
-                while not self.stopped.is_set():
-                    line = resp.readline()
-                    if not line:
-                        break
-                    ev = json.loads(line)
-                    obj = ev.get("object") or {}
-                    if ev.get("type") == "ERROR":
-                        rv = ""
-                        break
-                    rv = obj["metadata"].get("resourceVersion", rv)
-                    if ev["type"] in ("ADDED", "MODIFIED"):
-                        self._update(obj["metadata"]["namespace"], obj)
-                    elif ev["type"] == "DELETED":
-                        self._update(obj["metadata"]["namespace"], None)
-                conn.close()
-            except (OSError, http.client.HTTPException, ValueError, KeyError):
-                rv = ""
-                self.stopped.wait(0.5)
+
+class GrayWatch(ClusterWatch):
+    """Cluster-wide watch of the gray Deployments (label graybaggage.io/release); records when `<app>-gray` in a
+    namespace first reports an available replica (`expect`): where Kubernetes' part of set image -> table ends
+    (ReplicaSet, pod, kwok's readiness, the Deployment's status) and the controller's last pass begins."""
+    path = "/apis/apps/v1/deployments"
+    query = "labelSelector=" + quote("graybaggage.io/release")
+
+    def _update(self, ns: str, obj: dict | None) -> None:
+        now = time.monotonic()
+        if obj is None or int((obj.get("status") or {}).get("availableReplicas") or 0) < 1:
+            return
+        name = obj["metadata"]["name"]
+        with self.lock:
+            for (pns, app), seen in self.pending.items():
+                if seen is None and pns == ns and name == f"{app}-{LANE}":
+                    self.pending[(pns, app)] = now
+
+
 
 
 # ------------------------------------------------------------------------------------- watchers
@@ -558,11 +609,12 @@ def set_images(cp, keys: list[tuple[str, str]], tag: str) -> dict[tuple[str, str
         return dict(ex.map(one, keys))
 
 
-def moving_round(cp, api: Api, ctl: Controller, tw: TableWatch, keys: list[tuple[str, str]], tag: str,
-                 timeout: float) -> dict:
+def moving_round(cp, api: Api, ctl: Controller, tw: TableWatch, gw: GrayWatch, keys: list[tuple[str, str]],
+                 tag: str, timeout: float) -> dict:
     k = len(keys)
     progress(f"moving {k}: set image on {k} releases")
     tw.expect(keys)
+    gw.expect(keys)
     cpu0, w0, la0 = ctl.cpu_seconds(), time.monotonic(), loadavg()
     sent = set_images(cp, keys, tag)
     rss_peak = ctl.rss_mib()
@@ -575,11 +627,16 @@ def moving_round(cp, api: Api, ctl: Controller, tw: TableWatch, keys: list[tuple
         wait(all_seen, timeout, f"{k} lanes in the table", interval=0.2)
     except TimeoutError:
         progress(f"  not all seen in {timeout}s")
-    seen = tw.seen()
+    seen, available = tw.seen(), gw.seen()
     lat = [seen[key] - sent[key] for key in keys if seen.get(key) is not None]
+    # the split: Kubernetes (set image -> gray Deployment available) and the controller's last step (-> table)
+    kube_part = [available[key] - sent[key] for key in keys if available.get(key) is not None]
+    ctl_part = [seen[key] - available[key] for key in keys
+                if seen.get(key) is not None and available.get(key) is not None]
     window = time.monotonic() - w0
     cpu = ctl.cpu_seconds() - cpu0
-    progress(f"moving {k}: p50 {pct(lat, 50)} s, p99 {pct(lat, 99)} s; rolling back")
+    progress(f"moving {k}: p50 {pct(lat, 50)} s, p99 {pct(lat, 99)} s (gray available: p50 {pct(kube_part, 50)} s; "
+             f"available -> table: p50 {pct(ctl_part, 50)} s, p99 {pct(ctl_part, 99)} s); rolling back")
     set_images(cp, keys, "1")
     rel = {(ns, f"rollout-{app}") for ns, app in keys}
 
@@ -588,6 +645,7 @@ def moving_round(cp, api: Api, ctl: Controller, tw: TableWatch, keys: list[tuple
         return all(phases.get(r) == "Healthy" for r in rel) and not any(tw.in_table(key) for key in keys)
     wait(back, timeout, f"{k} releases rolled back and Healthy", interval=1.0)
     return {"moving": k, "seen": len(lat), "set_image_to_table_s": summary(lat),
+            "set_image_to_gray_available_s": summary(kube_part), "gray_available_to_table_s": summary(ctl_part),
             "controller_cpu_s": round(cpu, 2), "window_s": round(window, 2),
             "controller_cpu_cores": round(cpu / window, 3) if window else None,
             "controller_rss_peak_mib": rss_peak, "loadavg_start": la0, "loadavg_end": loadavg()}
@@ -612,7 +670,7 @@ def run(args) -> dict:
 
     cp = control_plane_class()(ensure_binaries(), keep_workdir=args.keep)
     ctl = None
-    tw = None
+    tw = gw = None
     try:
         progress("starting the control plane")
         cp.start()
@@ -656,6 +714,9 @@ def run(args) -> dict:
         progress(f"all {len(want)} releases Healthy after {result['all_healthy_after_s']} s; "
                  f"settling {args.settle_seconds} s")
         time.sleep(args.settle_seconds)
+        settled = time.time()
+        wait(lambda: quiet_period(ctl.log_path, settled), args.timeout,
+             "a pass-count period with no pass against the API (the set-up's events worked off)")
 
         # 1 + 3: idle
         progress(f"idle window: {args.idle_seconds} s")
@@ -690,13 +751,14 @@ def run(args) -> dict:
                  f"RSS {rss1} MiB")
 
         # 2 + 3: moving
-        tw = TableWatch(cp)
-        tw.start()
-        wait(tw.listed.is_set, 30, "the table watch", interval=0.1)
+        tw, gw = TableWatch(cp), GrayWatch(cp)
+        for watch in (tw, gw):
+            watch.start()
+            wait(watch.listed.is_set, 30, f"the {watch.name}", interval=0.1)
         result["moving"] = []
         for k in args.moving:
             k = min(k, len(lay))
-            result["moving"].append(moving_round(cp, api, ctl, tw, lay[:k], f"m{k}", args.timeout))
+            result["moving"].append(moving_round(cp, api, ctl, tw, gw, lay[:k], f"m{k}", args.timeout))
         result["controller_rss_mib_end"] = ctl.rss_mib()
 
         # 4: watchers
@@ -707,8 +769,9 @@ def run(args) -> dict:
         result["controller_alive"] = ctl.alive()
     finally:
         stop_sampler.set()
-        if tw is not None:
-            tw.stopped.set()
+        for watch in (tw, gw):
+            if watch is not None:
+                watch.stopped.set()
         if ctl is not None:
             ctl.stop()
             result["controller_log_tail"] = ctl.log_path.read_text(errors="replace")[-1500:].splitlines()[-10:]

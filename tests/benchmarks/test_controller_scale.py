@@ -84,6 +84,8 @@ def test_tiny_run(bench, tmp_path):
     assert [m["moving"] for m in r["moving"]] == [1, 2]
     assert [m["seen"] for m in r["moving"]] == [1, 2]          # every moved release reached the table
     assert all(m["set_image_to_table_s"]["n"] == m["moving"] for m in r["moving"])
+    # the split: every moved release's gray Deployment was seen available (two watches: no order between them)
+    assert all(m["gray_available_to_table_s"]["n"] == m["moving"] for m in r["moving"]), r["moving"]
     w = r["watchers"]
     assert (w["watchers"], w["processes"], w["rounds"]) == (10, 2, 2)
     assert w["latency_s"]["n"] == 20                           # 10 watchers x 2 changes, each seen once

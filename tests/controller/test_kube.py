@@ -131,8 +131,8 @@ def test_errors_and_paths_on_the_api_server(k8s_cluster, k8s_namespace):
     with pytest.raises(Conflict) as stale:          # first's resourceVersion is stale now
         kube.replace("ConfigMap", ns, "c", dict(first, data={"a": "3"}))
     assert stale.value.status == 409 and (stale.value.body or {}).get("reason") == "Conflict"
-    with pytest.raises(NotFound):                   # a CRD that is not installed: the whole API is missing
-        kube.list("Rollout", ns)
+    with pytest.raises(NotFound):                   # an API group nobody serves: the whole API is missing
+        kube.request("GET", f"/apis/never-installed.graybaggage.io/v1/namespaces/{ns}/things")
 
 
 def test_retry_on_conflict_loses_no_update(k8s_cluster, k8s_namespace):

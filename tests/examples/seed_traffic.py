@@ -272,7 +272,12 @@ def analyse(results: list[Result], marks: list[tuple[float, str]],
         ph["by_kind"][r.kind][r.chain] += 1
         if not r.ok:
             ph["failed"] += 1
-            out["failed"].append({"kind": r.kind, "phase": phase_of(r.t_send), "status": r.status, "error": r.error})
+            # when (s from load start, and UTC to set beside the pods' and the node agent's logs)
+            sent_utc = time.time() - (time.monotonic() - r.t_send)
+            out["failed"].append({"kind": r.kind, "phase": phase_of(r.t_send), "status": r.status, "error": r.error,
+                                  "t": round(r.t_send - marks[0][0], 3), "waited_s": round(r.t_recv - r.t_send, 3),
+                                  "sent_utc": time.strftime("%H:%M:%S", time.gmtime(sent_utc))
+                                  + f".{int(sent_utc % 1 * 1000):03d}"})
             continue
         if r.kind != "xiaoming":
             if any(h["lane"] != "base" for h in r.hops):

@@ -210,7 +210,8 @@ class CachedKube(Kube):
         return super().get(kind, namespace, name)
 
     def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict]:
-        if BY_KIND.get(kind, Indexed("", "", "", "")).name is None:
+        ix = BY_KIND.get(kind)
+        if ix is not None and ix.name is None:      # an index of one object name cannot answer a list
             found = self._cached(kind, namespace, label_selector)
             if found is not None:
                 return found

@@ -162,10 +162,11 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
         obj = passes.kube.get(kind, namespace, name) if indexes.ready else None
         return bool(obj and (obj.get("metadata") or {}).get("deletionTimestamp"))
 
+    def _indexed(kind: str, namespace: str) -> list[dict]:
+        return indexes.objects(kind, namespace) if indexes.ready else []
+
     def _releases_and_deployments(namespace: str) -> tuple[list[dict], list[dict]]:
-        if not indexes.ready:
-            return [], []
-        return indexes.objects("GrayRelease", namespace), indexes.objects("Deployment", namespace)
+        return _indexed("GrayRelease", namespace), _indexed("Deployment", namespace)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -239,8 +240,7 @@ def build_registry(cfg: Config, leading: Any = None) -> tuple[kopf.OperatorRegis
     @kopf.on.event("apps", "v1", "deployments", registry=registry)
     def _deployment_event(namespace: str, name: str, labels: dict, **kwargs: Any) -> None:
         if _attached(kwargs):
-            releases = indexes.objects("GrayRelease", namespace) if indexes.ready else []
-            for release in releases_of_deployment(name, dict(labels), releases):
+            for release in releases_of_deployment(name, dict(labels), _indexed("GrayRelease", namespace)):
                 _release_pass(namespace, release)
 
     # gray pods: "no gray pod left" is the step before base Services are unpinned
